@@ -1,0 +1,90 @@
+"""Evaluation by sampling: KL(pi || pi_ref), gold reward and gold win rate.
+
+KL is estimated from policy samples y ~ pi(.|x) as the mean of
+log pi(y|x) - log pi_ref(y|x) (unbiased), with its standard error. Sampling is
+plain ancestral sampling (temperature 1, no top-k/top-p) so the samples come
+from pi itself, which the estimator requires."""
+
+import math
+
+import torch
+
+from gpo.data import pad_sequences
+from gpo.logprobs import sequence_logps
+
+
+def _mean_and_stderr(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    variance = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
+    return mean, math.sqrt(variance / n)
+
+
+@torch.no_grad()
+def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, pad_token_id: int, eos_token_id: int):
+    """One sampled response (token ids, ending at EOS if produced) per prompt."""
+    width = max(map(len, prompt_ids))
+    device = next(model.parameters()).device
+    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, ids in enumerate(prompt_ids):  # left padding: generation continues from the right end
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[i, width - len(ids) :] = 1
+    output = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+        max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+    )
+    responses = []
+    for row in output[:, width:].tolist():
+        responses.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
+    return responses
+
+
+@torch.no_grad()
+def response_logps(model, prompt_ids, responses, pad_token_id) -> torch.Tensor:
+    batch = pad_sequences([p + r for p, r in zip(prompt_ids, responses)], [len(p) for p in prompt_ids], pad_token_id)
+    device = next(model.parameters()).device
+    return sequence_logps(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")))
+
+
+@torch.no_grad()
+def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, max_new_tokens, gold_reward=None, batch_size=64):
+    """Returns (metrics, rows): metrics under `eval/`, rows of (prompt, policy
+    sample, reference sample[, gold rewards]) for a samples table."""
+    was_training = policy.training
+    policy.eval()
+    kl, policy_gold, reference_gold, wins, rows = [], [], [], [], []
+    special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    for start in range(0, len(prompts), batch_size):
+        texts = prompts[start : start + batch_size]
+        prompt_ids = [tokenizer(text)["input_ids"][-max_prompt_length:] for text in texts]
+        policy_samples = sample(policy, prompt_ids, max_new_tokens, **special)
+        reference_samples = sample(reference, prompt_ids, max_new_tokens, **special)
+        log_ratio = response_logps(policy, prompt_ids, policy_samples, tokenizer.pad_token_id) - response_logps(
+            reference, prompt_ids, policy_samples, tokenizer.pad_token_id
+        )
+        kl += log_ratio.tolist()
+        for text, ours, theirs in zip(texts, policy_samples, reference_samples):
+            row = {
+                "prompt": text,
+                "policy": tokenizer.decode(ours, skip_special_tokens=True),
+                "reference": tokenizer.decode(theirs, skip_special_tokens=True),
+            }
+            if gold_reward is not None:
+                row["gold_policy"] = gold_reward(text, row["policy"])
+                row["gold_reference"] = gold_reward(text, row["reference"])
+                policy_gold.append(row["gold_policy"])
+                reference_gold.append(row["gold_reference"])
+                wins.append(0.5 if row["gold_policy"] == row["gold_reference"] else float(row["gold_policy"] > row["gold_reference"]))
+            rows.append(row)
+    policy.train(was_training)
+
+    metrics = {}
+    metrics["eval/kl"], metrics["eval/kl_stderr"] = _mean_and_stderr(kl)
+    if gold_reward is not None:
+        metrics["eval/gold_reward"], metrics["eval/gold_reward_stderr"] = _mean_and_stderr(policy_gold)
+        metrics["eval/gold_reward_reference"], _ = _mean_and_stderr(reference_gold)
+        metrics["eval/win_rate"], metrics["eval/win_rate_stderr"] = _mean_and_stderr(wins)
+    return metrics, rows

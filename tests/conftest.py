@@ -1,0 +1,47 @@
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+import gpo.config  # noqa: F401  (registers the config resolvers)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+# Small, fast settings shared by tests that train.
+FAST = [
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "+trainer.limit_val_batches=2",
+    "callbacks.sample_evaluation.num_prompts=8",
+    "callbacks.sample_evaluation.max_new_tokens=9",
+    "~callbacks.progress_bar",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One cache for the whole session: the SFT reference is trained once."""
+    cache = os.environ.get("GPO_TEST_CACHE_DIR") or str(tmp_path_factory.mktemp("gpo-cache"))
+    os.environ["GPO_CACHE_DIR"] = cache
+    os.environ["WANDB_SILENT"] = "true"
+    return cache
+
+
+def compose_train(overrides=(), output_dir=None):
+    """Compose conf/train.yaml the way `python src/train.py` would, with the
+    Hydra runtime config set so `${hydra:...}` interpolations resolve."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # a task function never sees the hydra node
+        del cfg["hydra"]
+    return cfg
