@@ -33,6 +33,14 @@ class GPOModule(pl.LightningModule):
 
     @torch.no_grad()
     def reference_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi_ref of (chosen, rejected): precomputed in the batch when the
+        reference cache is on; else from the frozen reference model, or, for a
+        LoRA policy (reference=None), from the policy with adapters disabled."""
+        if "reference_chosen_logps" in batch:
+            return batch["reference_chosen_logps"], batch["reference_rejected_logps"]
+        if self.reference is None:
+            with self.policy.disable_adapter():
+                return pair_logps(self.policy, batch)
         self.reference.to(self.device)
         return pair_logps(self.reference, batch)
 
