@@ -19,6 +19,8 @@ FAST = [
     "+trainer.limit_val_batches=2",
     "callbacks.sample_evaluation.num_prompts=8",
     "callbacks.sample_evaluation.max_new_tokens=9",
+    "trainer.log_every_n_steps=1",
+    "callbacks.throughput.window_size=2",
     "~callbacks.progress_bar",
 ]
 

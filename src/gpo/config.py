@@ -5,7 +5,9 @@ import json
 import math
 from pathlib import Path
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,3 +35,14 @@ def fingerprint(*parts) -> str:
     """A short stable hash of config nodes and plain values, for cache keys."""
     plain = [OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts]
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def instantiate(node, **kwargs):
+    """hydra.utils.instantiate, but a bad-input error raised by the target
+    surfaces as itself rather than wrapped in Hydra's InstantiationException."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, InputError):
+            raise error.__cause__ from None
+        raise
