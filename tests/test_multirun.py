@@ -10,7 +10,7 @@ from conftest import FAST, ROOT
 from gpo.wandb_offline import find_runs, read_run
 
 LOSS_NAMES = ["dpo", "exponential", "ipo", "savage", "slic", "truncated_quadratic"]
-BETAS = [0.01, 0.1, 1.0]
+BETAS = ["0.01", "0.1", "1"]  # as written on the command line, and so in run names
 
 
 def test_loss_glob_times_beta_grid_leaves_one_wandb_run_per_job(tmp_path):
@@ -20,7 +20,7 @@ def test_loss_glob_times_beta_grid_leaves_one_wandb_run_per_job(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     summaries = [json.loads(path.read_text()) for path in tmp_path.glob("*/summary.json")]
-    assert sorted((s["loss"], s["beta"]) for s in summaries) == list(itertools.product(LOSS_NAMES, BETAS))
+    assert sorted((s["loss"], str(s["beta"])) for s in summaries) == list(itertools.product(LOSS_NAMES, BETAS))
     assert all(s["status"] == "finished" for s in summaries)
 
     runs = [read_run(path) for path in find_runs(str(tmp_path)) if os.path.isdir(path)]
