@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.strategies import FSDPStrategy
 
 from gpo.evaluation import evaluate_samples
 
@@ -28,7 +29,7 @@ class PairThroughput(ThroughputMonitor):
 
 class SampleEvaluation(pl.Callback):
     """At the end of training (and every `every_n_steps` if set), sample from
-    policy and reference on validation prompts; log KL, gold reward and win rate
+    policy and reference on held-out prompts (datamodule.evaluation_prompts); log KL, gold reward and win rate
     (when the data has a gold reward) and a table of samples."""
 
     def __init__(self, num_prompts: int = 128, max_new_tokens: int = 64, batch_size: int = 64, every_n_steps: int | None = None):
@@ -36,11 +37,13 @@ class SampleEvaluation(pl.Callback):
         self.batch_size, self.every_n_steps = batch_size, every_n_steps
 
     def evaluate(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, float]:
+        if isinstance(trainer.strategy, FSDPStrategy):  # rank-0-only generation with sharded weights would hang
+            log.warning("Sample evaluation skipped under FSDP; evaluate the saved checkpoint on one device instead")
+            return {}
         datamodule = trainer.datamodule
-        prompts = datamodule.text["validation"]["prompt"][: self.num_prompts]
-        module.reference.to(module.device)
+        prompts = datamodule.evaluation_prompts(self.num_prompts)
         metrics, rows = evaluate_samples(
-            module.policy, module.reference, datamodule.tokenizer, prompts,
+            module.policy, module.reference_model, datamodule.tokenizer, prompts,
             max_prompt_length=datamodule.max_prompt_length, max_new_tokens=self.max_new_tokens,
             gold_reward=datamodule.gold_reward, batch_size=self.batch_size,
         )

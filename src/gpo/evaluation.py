@@ -6,10 +6,11 @@ plain ancestral sampling (temperature 1, no top-k/top-p) so the samples come
 from pi itself, which the estimator requires."""
 
 import math
+from contextlib import nullcontext
 
 import torch
 
-from gpo.data import pad_sequences
+from gpo.data import encode_prompt, pad_sequences
 from gpo.logprobs import sequence_logps
 
 
@@ -52,20 +53,23 @@ def response_logps(model, prompt_ids, responses, pad_token_id) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, max_new_tokens, gold_reward=None, batch_size=64):
     """Returns (metrics, rows): metrics under `eval/`, rows of (prompt, policy
-    sample, reference sample[, gold rewards]) for a samples table."""
+    sample, reference sample[, gold rewards]) for a samples table. `reference`
+    is a model, or a callable returning a context manager that yields one (e.g.
+    GPOModule.reference_model: a LoRA policy serves as its own reference)."""
+    reference_model = (lambda: nullcontext(reference)) if isinstance(reference, torch.nn.Module) else reference
     was_training = policy.training
     policy.eval()
     kl, policy_gold, reference_gold, wins, rows = [], [], [], [], []
     special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     for start in range(0, len(prompts), batch_size):
         texts = prompts[start : start + batch_size]
-        prompt_ids = [tokenizer(text)["input_ids"][-max_prompt_length:] for text in texts]
+        prompt_ids = [encode_prompt(tokenizer, text)[-max_prompt_length:] for text in texts]
         policy_samples = sample(policy, prompt_ids, max_new_tokens, **special)
-        reference_samples = sample(reference, prompt_ids, max_new_tokens, **special)
-        log_ratio = response_logps(policy, prompt_ids, policy_samples, tokenizer.pad_token_id) - response_logps(
-            reference, prompt_ids, policy_samples, tokenizer.pad_token_id
-        )
-        kl += log_ratio.tolist()
+        policy_logps = response_logps(policy, prompt_ids, policy_samples, tokenizer.pad_token_id)
+        with reference_model() as reference_lm:  # the policy is not usable as itself inside this block
+            reference_samples = sample(reference_lm, prompt_ids, max_new_tokens, **special)
+            reference_logps = response_logps(reference_lm, prompt_ids, policy_samples, tokenizer.pad_token_id)
+        kl += (policy_logps - reference_logps).tolist()
         for text, ours, theirs in zip(texts, policy_samples, reference_samples):
             row = {
                 "prompt": text,

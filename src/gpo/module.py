@@ -1,6 +1,7 @@
 """The GPO LightningModule: policy vs frozen reference, loss = mean f(beta * rho)."""
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
@@ -17,7 +18,7 @@ class GPOModule(pl.LightningModule):
     def __init__(
         self,
         policy: torch.nn.Module,
-        reference: torch.nn.Module | None,
+        reference: torch.nn.Module | Callable[[], torch.nn.Module] | None,
         loss_fn: Callable[[torch.Tensor], torch.Tensor],
         beta: float,
         optimizer: Callable,
@@ -31,18 +32,35 @@ class GPOModule(pl.LightningModule):
         self.loss_fn, self.beta = loss_fn, beta
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
 
+    @contextmanager
+    def reference_model(self):
+        """The reference as a model: the frozen copy, or, for a LoRA policy
+        (reference=None), the policy itself with adapters disabled and in eval
+        mode (no dropout), as the frozen copy would be. A callable `reference`
+        is called to build the model on first use: with cached reference
+        log-probs only the sample evaluation needs it, so none is held in training."""
+        if callable(self.reference) and not isinstance(self.reference, torch.nn.Module):
+            self.__dict__["reference"] = self.reference().eval().requires_grad_(False)
+        if self.reference is not None:
+            self.reference.to(self.device)
+            yield self.reference
+            return
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with self.policy.disable_adapter():
+                yield self.policy
+        finally:
+            self.policy.train(was_training)
+
     @torch.no_grad()
     def reference_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """log pi_ref of (chosen, rejected): precomputed in the batch when the
-        reference cache is on; else from the frozen reference model, or, for a
-        LoRA policy (reference=None), from the policy with adapters disabled."""
+        reference cache is on, else from `reference_model()`."""
         if "reference_chosen_logps" in batch:
             return batch["reference_chosen_logps"], batch["reference_rejected_logps"]
-        if self.reference is None:
-            with self.policy.disable_adapter():
-                return pair_logps(self.policy, batch)
-        self.reference.to(self.device)
-        return pair_logps(self.reference, batch)
+        with self.reference_model() as reference:
+            return pair_logps(reference, batch)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         policy_chosen, policy_rejected = pair_logps(self.policy, batch)
@@ -67,7 +85,8 @@ class GPOModule(pl.LightningModule):
         on_step = stage == "train"
         self.log_dict(
             {f"{stage}/{name}": value for name, value in metrics.items()},
-            on_step=on_step, on_epoch=not on_step, batch_size=len(chosen_ratio), sync_dist=not on_step,
+            # sync_dist on train steps too: under DDP each rank sees only its share of the global batch.
+            on_step=on_step, on_epoch=not on_step, batch_size=len(chosen_ratio), sync_dist=True,
         )
         return loss
 

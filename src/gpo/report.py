@@ -28,6 +28,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
+from gpo.matched_kl import matched_kl, matched_kl_frame
+
 # Fixed so that every plot has the same pixel size (1200 x 800), whatever it shows.
 FIGSIZE = (12, 8)
 DPI = 100
@@ -601,6 +603,12 @@ def _markdown(directory, runs, table, best, gap, plots) -> str:
         ]
     if gap is not None:
         parts += ["## Curves vs KL at matched KL", gap_markdown(gap)]
+        reference = best.attrs["reference"] if best is not None else "ipo"
+        at_kl = matched_kl(table, metric=gap.metric, reference=reference)
+        if at_kl[gap.metric].notna().any():
+            parts += ["Each family interpolated at a few KL values inside the common range: the metric reached, and "
+                      f"the β needed, against the Taylor prediction β/β_{reference} = scale({reference})/scale(family).",
+                      to_markdown(matched_kl_frame(at_kl))]
     if plots:
         parts += ["## Plots", "\n".join(f"![{p.stem}]({p.name})" for p in plots)]
     parts += ["## Failed runs", failed_markdown(failed_runs(runs))]

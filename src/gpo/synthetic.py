@@ -90,6 +90,12 @@ class SyntheticPreferences:
             rows.append(dict(prompt=prompt, chosen=chosen, rejected=rejected, gold_chosen=r_c, gold_rejected=r_r))
         return Dataset.from_list(rows)
 
+    def evaluation_prompts(self, n: int) -> list[str]:
+        """Fresh prompts for sampling-based evaluation, from a stream of their
+        own: the same for every run of a sweep, drawn independently of the training pairs."""
+        rng = random.Random(self.seed + 2)
+        return [self._prompt(rng) for _ in range(n)]
+
     def demonstrations(self) -> Dataset:
         rng = random.Random(self.seed + 1)  # disjoint stream from the preference pairs
         prompts = [self._prompt(rng) for _ in range(self.num_demonstrations)]

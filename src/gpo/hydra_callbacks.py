@@ -1,0 +1,127 @@
+"""Hydra callbacks for multiruns (hydra.callbacks in conf/train.yaml and the
+launcher presets): list failed jobs and write the sweep report at the end of
+a sweep; give every local parallel job a GPU of its own."""
+
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def job_outcomes(sweep_dir: str | Path) -> dict[str, list[tuple[Path, str]]]:
+    """Jobs of a sweep directory by outcome: 'finished', 'failed' (with the
+    error train.py recorded) and 'missing' (a job directory without summary.json:
+    the process was killed, e.g. out of memory or by the scheduler)."""
+    outcomes = {"finished": [], "failed": [], "missing": []}
+    for hydra_dir in sorted(Path(sweep_dir).rglob(".hydra")):
+        job_dir = hydra_dir.parent
+        summary_path = job_dir / "summary.json"
+        if not summary_path.exists():
+            outcomes["missing"].append((job_dir, "no summary.json"))
+            continue
+        summary = json.loads(summary_path.read_text())
+        status = "finished" if summary.get("status") == "finished" else "failed"
+        outcomes[status].append((job_dir, summary.get("error") or ""))
+    return outcomes
+
+
+class ListFailedJobs(Callback):
+    """At the end of a multirun, log every job that failed or left no summary,
+    so one failure in a long sweep is not lost in the other jobs' output."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        outcomes = job_outcomes(config.hydra.sweep.dir)
+        bad = outcomes["failed"] + outcomes["missing"]
+        total = sum(map(len, outcomes.values()))
+        if not bad:
+            log.info("All %d jobs of %s finished", total, config.hydra.sweep.dir)
+            return
+        lines = [f"{len(bad)} of {total} jobs did not finish:"] + [f"  {job}: {error}" for job, error in bad]
+        log.error("\n".join(lines))
+
+
+class WriteSweepReport(Callback):
+    """At the end of a multirun, write the sweep report (src/report.py) into
+    the sweep directory."""
+
+    def __init__(self, metric: str | None = None, reference: str = "ipo"):
+        self.metric, self.reference = metric, reference
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from gpo import report  # matplotlib and pandas: only when a sweep ends
+
+        if not job_outcomes(config.hydra.sweep.dir)["finished"]:
+            log.warning("No finished job in %s: no sweep report", config.hydra.sweep.dir)
+            return
+        result = report.write_report(config.hydra.sweep.dir, None, self.metric, self.reference)
+        log.info("Sweep report:\n%s\nWritten: %s", report.results_markdown(result.table),
+                 ", ".join(str(p) for p in result.paths))
+
+
+_PINNED: dict = {}  # per process: the GPU this process holds, and its lock file (kept open)
+
+
+def _candidate_gpus(gpus) -> list[str]:
+    if gpus is not None:
+        return [str(g) for g in ([gpus] if isinstance(gpus, int) else gpus)]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:  # e.g. set by SLURM for the node's allocation: choose among those only
+        return [g for g in visible.split(",") if g]
+    try:  # nvidia-smi, not torch: querying CUDA here would fix this process's devices before we choose
+        listing = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU")]
+
+
+class OneGPUPerProcess(Callback):
+    """Pin each job process to one GPU that no other job process holds.
+
+    Local parallel launchers (joblib) run jobs in a pool of worker processes
+    and reuse them; CUDA fixes a process's visible devices when it first uses
+    them, so the GPU is chosen per process, at its first job, and held for the
+    process's lifetime with an exclusive lock file (released by the OS when
+    the process exits, so no stale locks). Locks are node-wide, so two sweeps on
+    one node do not share GPUs either. With more worker processes than GPUs the
+    extra ones wait `wait_s` for a GPU, then hide all GPUs: their jobs fail
+    (listed at the end) instead of sharing a device."""
+
+    def __init__(self, gpus: int | list | None = None, lock_dir: str = "/tmp/gpo-gpu-locks", wait_s: float = 60.0):
+        self.gpus, self.lock_dir, self.wait_s = gpus, lock_dir, wait_s
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if "gpu" not in _PINNED:
+            gpus = _candidate_gpus(self.gpus)
+            if not gpus:
+                log.warning("No GPU found (nvidia-smi, CUDA_VISIBLE_DEVICES, or the callback's `gpus`): not pinning")
+                _PINNED["gpu"] = None
+                return
+            _PINNED["gpu"], _PINNED["lock"] = self._acquire(gpus)
+            os.environ["CUDA_VISIBLE_DEVICES"] = _PINNED["gpu"]
+        if _PINNED["gpu"] is not None:
+            log.info("Process %d runs its jobs on GPU %s", os.getpid(), _PINNED["gpu"] or "none (see above)")
+
+    def _acquire(self, gpus: list[str]):
+        os.makedirs(self.lock_dir, exist_ok=True)
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            for gpu in gpus:
+                lock = open(os.path.join(self.lock_dir, f"gpu{gpu}.lock"), "a")
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return gpu, lock
+                except BlockingIOError:
+                    lock.close()
+            if time.monotonic() >= deadline:
+                log.error("No free GPU among %s (locks in %s): more parallel jobs than GPUs? Set "
+                          "hydra.launcher.n_jobs to at most %d. This process gets no GPU.", gpus, self.lock_dir, len(gpus))
+                return "", None
+            time.sleep(1.0)

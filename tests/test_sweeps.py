@@ -1,0 +1,176 @@
+"""Multiruns through the Hydra launcher and sweeper plugins, as users run them:
+`python src/train.py -m ...` in a subprocess, tiny and short (FAST), sharing the
+session's cache (SFT model, reference log-probs) through GPO_CACHE_DIR."""
+
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+import yaml
+
+import report as report_cli
+from conftest import FAST, ROOT, compose_train
+from gpo.hydra_callbacks import job_outcomes
+from gpo.report import DPI, FIGSIZE
+
+PNG_SHAPE = (FIGSIZE[1] * DPI, FIGSIZE[0] * DPI)  # rows, columns
+
+
+def fast() -> list[str]:
+    # `++`: valid whether or not the callbacks config already has the key.
+    return ["++" + o if o.startswith("callbacks.throughput.") else o for o in FAST]
+
+
+def multirun(sweep_dir, *overrides, timeout=600):
+    command = [sys.executable, "src/train.py", "-m", *overrides, "logger=csv", *fast(), f"hydra.sweep.dir={sweep_dir}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "WANDB_SILENT": "true"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def summaries(sweep_dir):
+    return {path.parent.name: json.loads(path.read_text()) for path in sweep_dir.glob("*/summary.json")}
+
+
+def test_parallel_jobs_on_pinned_devices_with_one_failing_then_report(tmp_path):
+    """joblib, 2 worker processes, each pinned to its own (fake) GPU; the
+    beta=-1 points fail, the others finish; failures are listed at the end;
+    report.py makes the table and plots."""
+    sweep = tmp_path / "sweep"
+    output = multirun(sweep, "loss=dpo,ipo", "beta=0.5,-1", "hydra/launcher=gpu_node", "hydra.launcher.n_jobs=2",
+                      "hydra.callbacks.one_gpu_per_process.gpus=[0,1]",
+                      f"hydra.callbacks.one_gpu_per_process.lock_dir={tmp_path / 'locks'}",
+                      "~hydra.callbacks.sweep_report")
+
+    jobs = summaries(sweep)
+    assert sorted(jobs) == ["0_dpo-beta0.5", "1_dpo-beta-1", "2_ipo-beta0.5", "3_ipo-beta-1"]
+    for name in ["0_dpo-beta0.5", "2_ipo-beta0.5"]:
+        assert jobs[name]["status"] == "finished" and "val/rewards/accuracies" in jobs[name]["metrics"]
+    for name in ["1_dpo-beta-1", "3_ipo-beta-1"]:
+        assert jobs[name]["status"] == "failed" and "beta must be a positive number" in jobs[name]["error"]
+    assert "2 of 4 jobs did not finish" in output
+    assert str(sweep / "3_ipo-beta-1") in output.split("did not finish")[1]
+
+    # Two worker processes, each on its own device for all its jobs.
+    devices = {}
+    for job in jobs:
+        line = next(l for l in (sweep / job / "train.log").read_text().splitlines() if "runs its jobs on GPU" in l)
+        pid, gpu = line.split("Process ")[1].split(" runs its jobs on GPU ")
+        devices.setdefault(pid, set()).add(gpu)
+    assert len(devices) == 2 and sorted(min(g) for g in devices.values()) == ["0", "1"]
+    assert all(len(g) == 1 for g in devices.values())
+
+    assert report_cli.main([str(sweep)]) == 0  # src/report.py, in-process (its subprocess use is in test_report)
+    table = pd.read_csv(sweep / "report.csv")
+    finished = table[table["n_finished"] > 0].set_index("loss")
+    assert sorted(finished.index) == ["dpo", "ipo"]
+    for loss in ["dpo", "ipo"]:
+        assert finished.loc[loss, "val/rewards/accuracies"] == pytest.approx(
+            jobs[f"{0 if loss == 'dpo' else 2}_{loss}-beta0.5"]["metrics"]["val/rewards/accuracies"])
+    markdown = (sweep / "report.md").read_text()
+    assert "## Failed runs" in markdown and "beta must be a positive number" in markdown
+    for name in ["metrics_vs_beta.png", "metrics_vs_scaled_beta.png", "gold_vs_kl.png"]:
+        assert mpimg.imread(sweep / name).shape[:2] == PNG_SHAPE, name
+
+
+def test_submitit_local_runs_a_two_point_sweep_and_writes_the_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "loss=dpo,ipo", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+
+    jobs = summaries(sweep)
+    assert sorted(jobs) == ["0_dpo-beta0.1", "1_ipo-beta0.1"]
+    assert all(job["status"] == "finished" for job in jobs.values())
+    assert all(job["reference_cache"]["status"] in ("computed", "loaded") for job in jobs.values())
+    assert list((sweep / ".submitit").iterdir())  # the jobs really went through submitit
+    table = pd.read_csv(sweep / "report.csv")  # written by the end-of-sweep callback
+    assert sorted(table["loss"]) == ["dpo", "ipo"] and (table["n_finished"] == 1).all()
+
+
+def test_optuna_preset_runs_three_trials_and_returns_the_metric(tmp_path):
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=3", "~hydra.callbacks.sweep_report")
+
+    trials = summaries(sweep)
+    assert len(trials) == 3 and all(t["status"] == "finished" for t in trials.values())
+    lrs = [float(next(o for o in t["overrides"] if o.startswith("optimizer.lr=")).split("=")[1])
+           for t in trials.values()]
+    assert all(0.01 <= t["beta"] <= 2.0 for t in trials.values()) and all(1e-5 <= lr <= 1e-3 for lr in lrs)
+    assert {t["loss"] for t in trials.values()} <= {"dpo", "ipo", "slic", "exponential", "truncated_quadratic", "savage"}
+
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {"beta", "optimizer.lr", "loss"}
+    accuracies = [t["metrics"]["val/rewards/accuracies"] for t in trials.values()]
+    assert results["best_value"] == pytest.approx(max(accuracies))  # maximised, and train.py returned it
+
+
+def test_list_failed_jobs_counts_jobs_without_a_summary(tmp_path):
+    for name, summary in [("0_a", {"status": "finished"}), ("1_b", {"status": "failed", "error": "boom"}), ("2_c", None)]:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        if summary is not None:
+            (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    outcomes = job_outcomes(tmp_path)
+    assert [job.name for job, _ in outcomes["finished"]] == ["0_a"]
+    assert outcomes["failed"] == [(tmp_path / "1_b", "boom")]
+    assert outcomes["missing"] == [(tmp_path / "2_c", "no summary.json")]
+
+
+PINNER = """
+import os, sys, time
+from gpo.hydra_callbacks import OneGPUPerProcess
+pin = OneGPUPerProcess(gpus=[0, 1], lock_dir=sys.argv[1], wait_s=float(sys.argv[2]))
+pin.on_job_start(config=None)
+first = os.environ["CUDA_VISIBLE_DEVICES"]
+pin.on_job_start(config=None)  # a later job of the same process keeps its device
+print(first, os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.05)
+"""
+
+
+def test_gpu_pinning_gives_each_process_its_own_device(tmp_path):
+    release = tmp_path / "release"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def start(wait_s):
+        return subprocess.Popen([sys.executable, "-c", PINNER, str(tmp_path / "locks"), str(wait_s), str(release)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    holders = [start(0) for _ in range(2)]
+    pinned = [job.stdout.readline().split() for job in holders]  # both hold their device from here on
+    extra = start(0.5)  # a third process finds both devices held
+    extra_out = extra.stdout.readline().split()
+    release.touch()
+    for job in [*holders, extra]:
+        job.wait(timeout=60)
+
+    assert sorted(p[0] for p in pinned) == ["0", "1"] and all(p[0] == p[1] for p in pinned)
+    assert extra_out == []  # CUDA_VISIBLE_DEVICES="": no GPU rather than a shared one
+    assert "No free GPU among ['0', '1']" in extra.stderr.read()
+
+    # Devices are released with their process: a new one gets a device again.
+    release.unlink()
+    again = start(0)
+    assert again.stdout.readline().split()[0] in ("0", "1")
+    release.touch()
+    again.wait(timeout=60)
+
+
+def test_sweep_presets_compose():
+    families = compose_train(["sweep=families_beta"], output_dir="unused")
+    assert families.experiment_name == "default"
+    from hydra.core.hydra_config import HydraConfig
+
+    assert dict(HydraConfig.get().sweeper.params) == {"loss": "glob(*)", "beta": "0.01,0.1,1"}
+    paper = compose_train(["sweep=paper_controlled"], output_dir="unused")
+    assert paper.experiment_name == "paper_controlled"
+    assert HydraConfig.get().sweeper.params.seed == "1,2,3"
+    slurm = compose_train(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], output_dir="unused")
+    launcher = HydraConfig.get().launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.nodes) == ("gpu", 1, 1)
+    assert slurm.reference_cache is True
