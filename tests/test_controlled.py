@@ -166,3 +166,15 @@ def test_matched_kl_recovers_a_known_beta_shift():
     assert gap == pytest.approx(0.1)
     assert result.loc[("dpo", 4.0), "eval/win_rate"] == pytest.approx(result.loc[("ipo", 4.0), "eval/win_rate"])
     assert np.isnan(result.loc[("ipo", 100.0), "eval/win_rate"])  # outside every curve: no extrapolation
+
+
+def test_matched_kl_on_a_narrow_common_range():
+    import pandas as pd
+
+    from gpo.matched_kl import default_kls, matched_kl
+
+    table = pd.DataFrame({"loss": ["dpo", "dpo", "ipo", "ipo"], "beta": [0.1, 1.0, 0.1, 1.0],
+                          "regularisation_scale": [0.5, 0.5, 1.0, 1.0], "eval/kl": [1.001, 1.009, 1.0, 1.01],
+                          "eval/win_rate": [0.6, 0.7, 0.6, 0.7]})
+    assert default_kls(table) == [1.0]  # three log-spaced points rounded to the same value: kept once
+    assert len(matched_kl(table)) == 2

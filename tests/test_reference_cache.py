@@ -27,12 +27,8 @@ def cache_dir(tmp_path, shared_cache):
 
 
 def run(tmp_path, name, *overrides):
-    return train_script.train(compose_train(["logger=csv", *fast(), *overrides], output_dir=tmp_path / name))
+    return train_script.train(compose_train(["logger=csv", *FAST, *overrides], output_dir=tmp_path / name))
 
-
-def fast() -> list[str]:
-    # `++`: valid whether or not the callbacks config already has the key.
-    return ["++" + o if o.startswith("callbacks.throughput.") else o for o in FAST]
 
 
 def test_cache_equals_on_the_fly_and_later_jobs_skip_the_reference(tmp_path, cache_dir, monkeypatch):

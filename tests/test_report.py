@@ -136,9 +136,11 @@ def test_markdown_lists_tables_and_failed_runs(written):
     failed_section = md.split("## Failed runs")[1]
     assert "RuntimeError: loss is NaN at step 17" in failed_section
     assert "dpo" in failed_section
-    # 9 result rows + 3 best-beta rows + 3 pairwise-gap rows + 1 failed run, each with a header.
+    # 9 result rows + 3 best-beta rows + 3 pairwise-gap rows + 3 matched-KL rows (one per family)
+    # + 1 failed run, each with a header.
     table_rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(table_rows) == (1 + 9) + (1 + 3) + (1 + 3) + (1 + 1)
+    assert len(table_rows) == (1 + 9) + (1 + 3) + (1 + 3) + (1 + 3) + (1 + 1)
+    assert "## Curves vs KL at matched KL" in md and "β/β_ipo" in md
 
 
 def test_plots_have_fixed_size(written):

@@ -11,6 +11,7 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 import yaml
+from hydra.core.hydra_config import HydraConfig
 
 import report as report_cli
 from conftest import FAST, ROOT, compose_train
@@ -20,13 +21,9 @@ from gpo.report import DPI, FIGSIZE
 PNG_SHAPE = (FIGSIZE[1] * DPI, FIGSIZE[0] * DPI)  # rows, columns
 
 
-def fast() -> list[str]:
-    # `++`: valid whether or not the callbacks config already has the key.
-    return ["++" + o if o.startswith("callbacks.throughput.") else o for o in FAST]
-
 
 def multirun(sweep_dir, *overrides, timeout=600):
-    command = [sys.executable, "src/train.py", "-m", *overrides, "logger=csv", *fast(), f"hydra.sweep.dir={sweep_dir}"]
+    command = [sys.executable, "src/train.py", "-m", *overrides, "logger=csv", *FAST, f"hydra.sweep.dir={sweep_dir}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "WANDB_SILENT": "true"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -100,7 +97,8 @@ def test_optuna_preset_runs_three_trials_and_returns_the_metric(tmp_path):
     lrs = [float(next(o for o in t["overrides"] if o.startswith("optimizer.lr=")).split("=")[1])
            for t in trials.values()]
     assert all(0.01 <= t["beta"] <= 2.0 for t in trials.values()) and all(1e-5 <= lr <= 1e-3 for lr in lrs)
-    assert {t["loss"] for t in trials.values()} <= {"dpo", "ipo", "slic", "exponential", "truncated_quadratic", "savage"}
+    families = {"dpo", "ipo", "slic", "exponential", "truncated_quadratic", "savage"}
+    assert {t["loss"] for t in trials.values()} <= families
 
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == {"beta", "optimizer.lr", "loss"}
@@ -109,7 +107,8 @@ def test_optuna_preset_runs_three_trials_and_returns_the_metric(tmp_path):
 
 
 def test_list_failed_jobs_counts_jobs_without_a_summary(tmp_path):
-    for name, summary in [("0_a", {"status": "finished"}), ("1_b", {"status": "failed", "error": "boom"}), ("2_c", None)]:
+    jobs = [("0_a", {"status": "finished"}), ("1_b", {"status": "failed", "error": "boom"}), ("2_c", None)]
+    for name, summary in jobs:
         (tmp_path / name / ".hydra").mkdir(parents=True)
         if summary is not None:
             (tmp_path / name / "summary.json").write_text(json.dumps(summary))
@@ -163,8 +162,6 @@ def test_gpu_pinning_gives_each_process_its_own_device(tmp_path):
 def test_sweep_presets_compose():
     families = compose_train(["sweep=families_beta"], output_dir="unused")
     assert families.experiment_name == "default"
-    from hydra.core.hydra_config import HydraConfig
-
     assert dict(HydraConfig.get().sweeper.params) == {"loss": "glob(*)", "beta": "0.01,0.1,1"}
     paper = compose_train(["sweep=paper_controlled"], output_dir="unused")
     assert paper.experiment_name == "paper_controlled"
@@ -174,3 +171,23 @@ def test_sweep_presets_compose():
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.nodes) == ("gpu", 1, 1)
     assert slurm.reference_cache is True
+
+
+@pytest.mark.parametrize("name", ["wandb_families_beta.yaml", "wandb_paper_controlled.yaml"])
+def test_wandb_sweep_files_give_valid_hydra_overrides(name):
+    """Render each parameter value the way `wandb agent` does and compose it."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    spec = yaml.safe_load((ROOT / "sweeps" / name).read_text())
+    assert spec["command"] == ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
+    assert (ROOT / spec["program"]).exists()
+    first = {k: p["values"][0] if "values" in p else p["value"] for k, p in spec["parameters"].items()}
+    points = [first] + [{**first, k: v} for k, p in spec["parameters"].items() for v in p.get("values", [])[1:]]
+    for point in points:
+        overrides = create_sweep_command_args({"args": {k: {"value": v} for k, v in point.items()}})["args_no_hyphens"]
+        cfg = compose_train(overrides, output_dir="unused")
+        assert HydraConfig.get().runtime.choices["loss"] == point["loss"]
+        assert cfg.beta == point["beta"] and cfg.logger.offline is False
+        assert cfg.logger._target_.endswith("WandbLogger")
+        if "experiment" in point:
+            assert cfg.experiment_name == point["experiment"] and cfg.seed == point["seed"]

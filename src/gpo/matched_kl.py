@@ -21,7 +21,7 @@ def default_kls(table: pd.DataFrame, kl_metric: str = "eval/kl", n: int = 3) -> 
     if not 0 < lo < hi:
         return []
     edges = np.geomspace(lo, hi, n + 2)[1:-1]  # strictly inside: no extrapolation at the ends
-    return [float(f"{k:.2g}") for k in edges]
+    return sorted({float(f"{k:.2g}") for k in edges})  # rounding may merge close values
 
 
 def _curve(group: pd.DataFrame, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +37,7 @@ def matched_kl(table: pd.DataFrame, kls: list[float] | None = None, metric: str 
     linear in KL, log beta linear in log KL); NaN outside the family's KL range.
     `beta_ratio` is beta / beta(reference) at the same KL, `predicted_ratio`
     scale(reference) / scale(family) (NaN for scale 0, e.g. hinge)."""
-    kls = default_kls(table, kl_metric) if kls is None else list(kls)
+    kls = default_kls(table, kl_metric) if kls is None else list(dict.fromkeys(kls))
     scales = table.groupby("loss")["regularisation_scale"].first()
     rows = []
     for loss, group in table[table[kl_metric] > 0].groupby("loss", sort=True):
