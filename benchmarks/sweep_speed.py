@@ -2,16 +2,19 @@
 on, and sequential vs joblib with 2 parallel jobs; plus the share of the sweep
 spent computing/loading reference log-probs with the cache on.
 
-    python benchmarks/sweep_speed.py                      # ~15 min on 2 busy CPU cores
-    python benchmarks/sweep_speed.py --max-steps 100 --repeats 3 --all
+    python benchmarks/sweep_speed.py                      # ~15-20 min on 2 shared CPU cores
+    python benchmarks/sweep_speed.py --max-steps 300 --repeats 3
 
 Each measurement is one `python src/train.py -m 'loss=glob(*)' beta=0.01,0.1,1`
 run (process start-up included), with a fresh reference cache, so "cache on"
 includes computing it once. The SFT model is trained (or found) before timing
 and shared by all, as in any sweep after the first. Configurations are
 interleaved across repeats so drifting machine load hits them alike; medians
-are reported. Shorter than a default run (--max-steps, default 30 instead of
+are reported. Shorter than a default run (--max-steps, default 100 instead of
 300; CSV logger instead of W&B offline, no end-of-sweep report) to fit the time.
+Every job uses one torch thread (num_threads=1): on a CPU shared with other
+work, torch's default of one thread per core makes each job 10-20x slower
+(threads spin waiting for each other), which would drown what is measured.
 """
 
 import argparse
@@ -35,7 +38,7 @@ CONFIGS = {
 
 
 def common(max_steps: int) -> list[str]:
-    return ["logger=csv", f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={max_steps}",
+    return ["logger=csv", "num_threads=1", f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={max_steps}",
             "~callbacks.progress_bar", "~hydra.callbacks.sweep_report"]
 
 
@@ -63,16 +66,17 @@ def run_sweep(overrides: list[str], sweep_dir: Path, cache_dir: Path, shared_sft
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-steps", type=int, default=30)
+    parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--all", action="store_true", help="also joblib with the cache off")
+    parser.add_argument("--shared-sft", type=Path, help="an existing cache_dir/sft to reuse (default: train one)")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "outputs" / "benchmarks" / time.strftime("sweep_speed_%Y%m%d_%H%M%S"))
     args = parser.parse_args(argv)
     configs = {name: o for name, o in CONFIGS.items() if args.all or name != "joblib n_jobs=2, cache off"}
 
-    shared_sft = args.out / "shared_cache" / "sft"
-    shared_sft.mkdir(parents=True)
+    shared_sft = args.shared_sft.resolve() if args.shared_sft else args.out / "shared_cache" / "sft"
+    shared_sft.mkdir(parents=True, exist_ok=True)
     print(f"Training/finding the SFT model (not timed) under {shared_sft.parent} ...", flush=True)
     subprocess.run([sys.executable, "src/train.py", *common(1), "reference_cache=false", "~callbacks.sample_evaluation",
                     f"cache_dir={shared_sft.parent}", f"hydra.run.dir={args.out / 'warmup'}"],

@@ -44,7 +44,8 @@ def train(cfg: DictConfig) -> dict:
     reference_cache = {"status": "off"}
     if cfg.reference_cache:  # before any preference training: the policy is the reference here
         key = cache_key(cfg, tokenizer, datamodule.tokenized)
-        reference_cache = attach_reference_logps(datamodule, policy, cfg.cache_dir, key, device_for(cfg.trainer.accelerator))
+        device = device_for(cfg.trainer.accelerator)
+        reference_cache = attach_reference_logps(datamodule, policy, cfg.cache_dir, key, device)
     policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = reference
     # With cached log-probs only the final sample evaluation needs the reference
     # model: GPOModule builds it then instead of holding a copy through training.

@@ -47,3 +47,14 @@ def compose_train(overrides=(), output_dir=None):
     with open_dict(cfg):  # a task function never sees the hydra node
         del cfg["hydra"]
     return cfg
+
+
+@pytest.fixture(autouse=True)
+def close_wandb_run():
+    """A test whose in-process train() raised leaves its W&B run open (main()
+    closes it in real use); close it so the next test's logger starts its own."""
+    yield
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=1)

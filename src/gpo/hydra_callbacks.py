@@ -122,6 +122,7 @@ class OneGPUPerProcess(Callback):
                     lock.close()
             if time.monotonic() >= deadline:
                 log.error("No free GPU among %s (locks in %s): more parallel jobs than GPUs? Set "
-                          "hydra.launcher.n_jobs to at most %d. This process gets no GPU.", gpus, self.lock_dir, len(gpus))
+                          "hydra.launcher.n_jobs to at most %d. This process gets no GPU.",
+                          gpus, self.lock_dir, len(gpus))
                 return "", None
             time.sleep(1.0)

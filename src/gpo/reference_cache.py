@@ -40,20 +40,21 @@ COLUMNS = ("reference_chosen_logps", "reference_rejected_logps")
 MODEL_INPUTS = ("prompt_length", "chosen_input_ids", "rejected_input_ids")
 LOGITS_BUDGET = 2**30  # bytes of float32 logits per forward pass when computing the cache
 MAX_BATCH = 512
+DIGEST_ROWS = 100_000  # rows hashed at a time: bounded memory on large datasets
 
 
 def token_digest(dataset: Dataset) -> str:
     """sha256 of the model inputs of every pair, in order. Part of the cache key
     because the config alone does not pin the data: a file edited in place has
     the same path. Vectorised over Arrow buffers, so cheap next to a forward pass."""
-    table = dataset.select_columns(list(MODEL_INPUTS)).with_format("arrow")[:]
     digest = hashlib.sha256()
-    for name in MODEL_INPUTS:
-        column = table.column(name).combine_chunks()
-        parts = [pc.list_value_length(column), pc.list_flatten(column)] if name.endswith("_ids") else [column]
-        for part in parts:
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(part.to_numpy(zero_copy_only=False), dtype=np.int64).tobytes())
+    for table in dataset.select_columns(list(MODEL_INPUTS)).with_format("arrow").iter(batch_size=DIGEST_ROWS):
+        for name in MODEL_INPUTS:
+            column = table.column(name).combine_chunks()
+            parts = [pc.list_value_length(column), pc.list_flatten(column)] if name.endswith("_ids") else [column]
+            for part in parts:
+                digest.update(name.encode())
+                digest.update(np.ascontiguousarray(part.to_numpy(zero_copy_only=False), dtype=np.int64).tobytes())
     return digest.hexdigest()
 
 
