@@ -26,8 +26,17 @@ def cache_dir(tmp_path, shared_cache):
     return tmp_path / "cache"
 
 
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """train() applies num_threads=1 to this process; leave other tests torch's default."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def run(tmp_path, name, *overrides):
-    return train_script.train(compose_train(["logger=csv", *FAST, *overrides], output_dir=tmp_path / name))
+    return train_script.train(compose_train(["logger=csv", "num_threads=1", *FAST, *overrides],
+                                            output_dir=tmp_path / name))
 
 
 
@@ -97,6 +106,7 @@ def test_a_cache_of_the_wrong_size_is_a_clear_error(tmp_path):
 
 RACER = """
 import json, os, sys, time
+import torch
 from gpo import reference_cache
 from gpo.data import PreferenceDataModule
 from gpo.models import tiny_causal_lm
@@ -104,6 +114,7 @@ from gpo.synthetic import SyntheticPreferences
 from transformers import LlamaConfig
 
 cache_dir, barrier = sys.argv[1], sys.argv[2]
+torch.set_num_threads(1)  # two processes on a shared CPU
 publish = reference_cache._publish
 
 def publish_together(*args):  # both jobs have computed (both missed the cache) before either publishes
