@@ -102,11 +102,12 @@ def main(argv=None) -> None:
         print(f"| {name} | {m['sweep_wall_s']:.1f} | {m['job_wall_s_sum']:.1f} | {m['reference_s']:.1f} | {share} |")
     off, on = median["sequential, cache off"], median["sequential, cache on"]
     parallel = median["joblib n_jobs=2, cache on"]
-    print(f"\ncache on vs off (sequential): {off['sweep_wall_s'] / on['sweep_wall_s']:.2f}x faster")
-    print(f"joblib n_jobs=2 vs sequential (cache on): {on['sweep_wall_s'] / parallel['sweep_wall_s']:.2f}x faster")
+    print("\nSpeed-ups (sweep wall time ratio; > 1 means faster):")
+    print(f"cache on vs off (sequential): {off['sweep_wall_s'] / on['sweep_wall_s']:.2f}x")
+    print(f"joblib n_jobs=2 vs sequential (cache on): {on['sweep_wall_s'] / parallel['sweep_wall_s']:.2f}x")
     if "joblib n_jobs=2, cache off" in median:
         both = off["sweep_wall_s"] / median["joblib n_jobs=2, cache off"]["sweep_wall_s"]
-        print(f"joblib n_jobs=2 vs sequential (cache off): {both:.2f}x faster")
+        print(f"joblib n_jobs=2 vs sequential (cache off): {both:.2f}x")
     (args.out / "results.json").write_text(json.dumps({"max_steps": args.max_steps, "runs": results, "median": median},
                                                       indent=2))
     print(f"\nRaw results: {args.out / 'results.json'}")
