@@ -27,10 +27,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from gpo.config import group_options
+from gpo.losses import GPOLoss
 from gpo.bandit import (expected_reward, implied_reward, kl, kl_optimum_logits,
                         make_bandit, policy_logits, trajectory)
 
 OPTIMUM = "pi* (KL-regularised)"
+
+
+def gpo_families(names=None) -> dict:
+    """The GPO families of conf/loss (every option whose loss is a function of
+    beta * rho alone), or the opt-in subset `names`."""
+    losses = {name: instantiate(node) for name, node in group_options("loss").items() if names is None or name in names}
+    return {name: loss for name, loss in losses.items() if isinstance(loss, GPOLoss)}
 
 
 def evaluate(bandit, logits, betas, policy, data, actions, watched):
@@ -213,7 +222,7 @@ def main(cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     bandit = make_bandit(cfg.reward, cfg.ref_logits, cfg.mu)
     watched = list(cfg.actions).index(cfg.no_data_action)
-    families = {name: instantiate(node) for name, node in cfg.losses.items()}
+    families = gpo_families(cfg.families)
     styles = line_styles(families)
 
     grid = np.logspace(cfg.betas.log10_low, cfg.betas.log10_high, cfg.betas.num)

@@ -23,6 +23,8 @@ FAST = [
     "callbacks.throughput.window_size=2",
     "~callbacks.progress_bar",
 ]
+# The synthetic task made smaller (pairs only: the SFT stage, keyed by the demonstrations, is shared).
+SMALL_TASK = ["data.source.num_pairs=400"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,19 +13,21 @@ from conftest import FAST, ROOT, compose_train
 from gpo.errors import DataError, InputError
 from gpo.losses import Logistic
 from gpo.module import NonFiniteLossError
+from gpo.summary import RunSummary
 from gpo.wandb_offline import find_runs, read_run
-from train import train
+from gpo.run import train
 
 
 class NaNAfter(Logistic):
     """DPO whose loss turns NaN from training step `step` on (validation runs without grad and is not counted)."""
 
     def __init__(self, step: int):
+        super().__init__()
         self.step, self.calls = step, 0
 
-    def __call__(self, t):
+    def f(self, t):
         self.calls += torch.is_grad_enabled()
-        return super().__call__(t) * (torch.nan if self.calls > self.step else 1.0)
+        return super().f(t) * (torch.nan if self.calls > self.step else 1.0)
 
 
 def cli(*args, cwd=ROOT):
@@ -83,21 +85,35 @@ def test_malformed_data_file(tmp_path):
 
 
 def test_missing_column_is_named(tmp_path):
-    data = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "loser": "c"}] * 4)
-    with pytest.raises(DataError, match=r"pairs\.jsonl: missing column\(s\) \['rejected'\]"):
+    data = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"a{i}", "chosen": "b", "loser": "c"} for i in range(16)])
+    with pytest.raises(DataError, match=r"pairs\.jsonl( \[train\])?: missing column\(s\) \['rejected'\]"):
         train(_jsonl_cfg(tmp_path, data))
     # ...and a column mapping fixes it.
     summary = train(_jsonl_cfg(tmp_path, data, "data.source.rejected_column=loser", "data.val_fraction=0.5"))
-    assert summary["status"] == "finished"
+    assert summary.status == "finished"
 
 
-@pytest.mark.parametrize(("field", "value", "problem"), [("chosen", "", "is empty"), ("rejected", "  ", "is empty"),
-                                                           ("prompt", 3, "is not text"), ("chosen", None, "is not text")])
-def test_bad_row_names_file_and_row(tmp_path, field, value, problem):
-    rows = [dict(GOOD_ROW) for _ in range(5)]
+@pytest.mark.parametrize(("field", "value", "problem"), [("chosen", "", "'chosen' is empty"),
+                                                         ("rejected", "  ", "'rejected' is empty"),
+                                                         ("prompt", 3, "'prompt' is not text"),
+                                                         ("chosen", None, "'chosen' is not text"),
+                                                         ("rejected", GOOD_ROW["chosen"], "chosen is identical to rejected")])
+def test_unusable_row_is_dropped_and_counted_or_named_with_strict(tmp_path, field, value, problem):
+    rows = [dict(GOOD_ROW, prompt=f"Q{i}: 2+2?") for i in range(16)]
     rows[3][field] = value
     data = _write_jsonl(tmp_path / "pairs.jsonl", rows)
-    with pytest.raises(DataError, match=rf"pairs\.jsonl, row 3: '{field}' {problem}"):
+    with pytest.raises(DataError, match=rf"pairs\.jsonl \[train\], row 3: {problem}"):
+        train(_jsonl_cfg(tmp_path, data, "data.strict=true"))
+    summary = train(_jsonl_cfg(tmp_path, data, "data.val_fraction=0.25"))  # default: dropped, counted by reason
+    assert summary.status == "finished"
+    (reason, count), = summary.data["splits"]["train"]["dropped"].items()
+    assert count == 1 and reason.startswith(problem)
+    assert summary.data["splits"]["train"]["read"] == 16
+
+
+def test_every_pair_unusable_is_one_clear_error(tmp_path):
+    data = _write_jsonl(tmp_path / "pairs.jsonl", [dict(GOOD_ROW, rejected=GOOD_ROW["chosen"])] * 20)
+    with pytest.raises(DataError, match=r"all 20 pairs are unusable: \{'chosen is identical to rejected': 20\}"):
         train(_jsonl_cfg(tmp_path, data))
 
 
@@ -121,8 +137,8 @@ def test_cli_nan_loss_closes_wandb_run_as_failed(tmp_path):
     result = cli("loss._target_=test_bad_input.NaNAfter", "+loss.step=3", *FAST, "trainer.max_steps=10",
                  f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0 and "loss is nan at step 3" in result.stderr
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "failed" and "step 3" in summary["error"]
+    summary = RunSummary.read(tmp_path)
+    assert summary.status == "failed" and "step 3" in summary.error
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     (run,) = [r for r in find_runs(str(tmp_path)) if os.path.isdir(r)]
     record = read_run(run)

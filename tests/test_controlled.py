@@ -11,16 +11,16 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from conftest import CONF, compose_train
-from gpo.gold import RewardModelGold, relabel
+from gpo.data.gold import RewardModelGold, relabel
 from gpo.models import char_tokenizer
-from gpo.synthetic import CopiedCharacters, SyntheticPreferences
-from train import train
+from gpo.data.sources import CappedCount, CopiedCharacters, PreferredCharacters, SyntheticPreferences
+from gpo.run import train
 
 LOSSES = sorted(p.stem for p in Path(CONF, "loss").glob("*.yaml"))
-EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("paper_controlled*.yaml"))
-# The controlled run, made cheap: fewer pairs and evaluation samples.
-SMALL = ["experiment=paper_controlled", "data.source.num_pairs=600", "data.source.num_demonstrations=1000",
-         "model.sft.steps=100", "callbacks.sample_evaluation.num_prompts=256", "trainer.max_steps=60",
+EXPERIMENTS = ["overoptimisation", "paper_controlled", "paper_controlled_tldr"]
+# The controlled run, made cheap: fewer pairs and evaluation samples (the session's SFT reference is shared).
+SMALL = ["experiment=paper_controlled", "data.source.num_pairs=600", "callbacks.sample_evaluation.num_prompts=256",
+         "trainer.max_steps=60",
          "trainer.val_check_interval=60", "+trainer.limit_val_batches=2"]
 
 
@@ -39,7 +39,7 @@ def test_tldr_experiment_names_paper_scale_substitutes(tmp_path):
     cfg = compose_train(["experiment=paper_controlled_tldr"], output_dir=tmp_path)
     assert "/" in cfg.model.policy.name_or_path  # a hub name, loaded through transformers
     assert cfg.data.source._target_ == compose_train(["data=tldr"]).data.source._target_
-    assert cfg.data.gold_reward._target_ == "gpo.gold.RewardModelGold" and "/" in cfg.data.gold_reward.name_or_path
+    assert cfg.data.gold_reward._target_ == "gpo.data.gold.RewardModelGold" and "/" in cfg.data.gold_reward.name_or_path
     assert cfg.data.relabel_temperature > 0
     assert cfg.trainer.accelerator == "gpu"
 
@@ -86,7 +86,7 @@ def test_relabel_uses_gold_reward_with_bradley_terry_noise():
 
 
 def test_relabel_from_the_command_line(tmp_path):
-    cfg = compose_train(SMALL + ["+data.relabel_temperature=0.001", "+data.gold_reward._target_=gpo.synthetic.CopiedCharacters"],
+    cfg = compose_train(SMALL + ["+data.relabel_temperature=0.001", "+data.gold_reward._target_=gpo.data.sources.CopiedCharacters"],
                         output_dir=tmp_path)
     _, tokenizer = instantiate(cfg.model.policy)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
@@ -129,52 +129,67 @@ def test_reward_model_gold_rejects_bad_label(tiny_reward_model):
 
 def test_untrained_policy_has_zero_kl_and_even_win_rate_then_training_moves_it(tmp_path):
     # lr = 0: the policy stays the reference, through the whole real pipeline.
-    still = train(compose_train(SMALL + ["optimizer.lr=0", "trainer.max_steps=2"], output_dir=tmp_path / "still"))["metrics"]
+    still = train(compose_train(SMALL + ["optimizer.lr=0", "trainer.max_steps=2"], output_dir=tmp_path / "still")).metrics
     assert still["eval/kl"] == pytest.approx(0.0, abs=1e-4)
     assert abs(still["eval/win_rate"] - 0.5) < 3 * still["eval/win_rate_stderr"]
     assert 0 < still["eval/win_rate_stderr"] < 0.05
     gap = still["eval/gold_reward"] - still["eval/gold_reward_reference"]
     assert abs(gap) < 4 * still["eval/gold_reward_stderr"]
 
-    trained = train(compose_train(SMALL + ["optimizer.lr=1e-3", "beta=0.1"], output_dir=tmp_path / "trained"))["metrics"]
+    trained = train(compose_train(SMALL + ["optimizer.lr=1e-3", "beta=0.1"], output_dir=tmp_path / "trained")).metrics
     assert trained["eval/kl"] > max(0.1, 5 * trained["eval/kl_stderr"])
     assert trained["eval/win_rate"] > 0.5 + 3 * trained["eval/win_rate_stderr"]
 
 
-def test_matched_kl_recovers_a_known_beta_shift():
-    import numpy as np
-    import pandas as pd
-
-    from gpo.matched_kl import matched_kl
-
-    betas = np.array([0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
-    rows = []
-    # KL = 1/beta for ipo; dpo needs twice the beta for the same KL (what the Taylor argument predicts);
-    # savage needs three times, and reaches a lower win rate at every KL.
-    for loss, scale, shift, drop in [("ipo", 1.0, 1.0, 0.0), ("dpo", 0.5, 2.0, 0.0), ("savage", 0.5, 3.0, 0.1)]:
-        for beta in betas * shift:
-            kl = shift / beta
-            rows.append({"loss": loss, "beta": beta, "regularisation_scale": scale, "eval/kl": kl,
-                         "eval/win_rate": 1 - 0.5 * np.exp(-kl) - drop, "eval/win_rate_stderr": 0.01})
-    result = matched_kl(pd.DataFrame(rows), kls=[1.0, 4.0, 100.0]).set_index(["loss", "kl"])
-    assert result.loc[("dpo", 1.0), "beta_ratio"] == pytest.approx(2.0)
-    assert result.loc[("dpo", 4.0), "predicted_ratio"] == pytest.approx(2.0)
-    assert result.loc[("savage", 4.0), "beta_ratio"] == pytest.approx(3.0)
-    assert result.loc[("ipo", 1.0), "beta"] == pytest.approx(1.0)
-    # The win rate at matched KL: equal for dpo and ipo, 0.1 lower for savage (up to linear interpolation).
-    gap = result.loc[("ipo", 4.0), "eval/win_rate"] - result.loc[("savage", 4.0), "eval/win_rate"]
-    assert gap == pytest.approx(0.1)
-    assert result.loc[("dpo", 4.0), "eval/win_rate"] == pytest.approx(result.loc[("ipo", 4.0), "eval/win_rate"])
-    assert np.isnan(result.loc[("ipo", 100.0), "eval/win_rate"])  # outside every curve: no extrapolation
+def test_capped_count_agrees_with_the_count_up_to_the_cap_then_falls():
+    gold, count = CappedCount(cap=6, penalty=2.0), PreferredCharacters()
+    for n in range(9):
+        response = "a" * n + "p" * (8 - n)
+        assert count("ab:", response) == n
+        assert gold("ab:", response) == (n if n <= 6 else 6 - 2.0 * (n - 6))
 
 
-def test_matched_kl_on_a_narrow_common_range():
-    import pandas as pd
+def test_labels_and_gold_agree_on_the_data_and_part_off_its_support():
+    """The over-optimisation mechanism, cheaply: the proxy the labels come from
+    and the gold reward agree on nearly every response the behaviour policy
+    (the reference) writes, and disagree where the policy goes when it
+    maximises the proxy (every letter preferred)."""
+    plain = SyntheticPreferences(num_pairs=1000, seed=4)
+    task = SyntheticPreferences(gold_reward=CappedCount(), label_reward=PreferredCharacters(), num_pairs=1000, seed=4)
+    pairs = task.preferences()
+    assert pairs["chosen"] == plain.preferences()["chosen"]  # the labels are today's: only the judge differs
+    responses = [(p, r) for p, c, rj in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]) for r in (c, rj)]
+    agree = sum(task.gold_reward(p, r) == task.label_reward(p, r) for p, r in responses) / len(responses)
+    assert agree > 0.9
+    # Off the support: the proxy's best response is the gold reward's worst.
+    assert task.label_reward("ab:", "abcdefgh") == 8 and task.gold_reward("ab:", "abcdefgh") == 2.0
+    assert task.gold_reward("ab:", "abcdefij") == 6 > task.gold_reward("ab:", "abcdefgh")
+    # Chosen responses beat rejected ones on the proxy, by the labels' construction...
+    p_chosen = pairs["preference_probability"]
+    assert sum(p_chosen) / len(p_chosen) > 0.6 and all(0 < p < 1 for p in p_chosen)
 
-    from gpo.matched_kl import default_kls, matched_kl
 
-    table = pd.DataFrame({"loss": ["dpo", "dpo", "ipo", "ipo"], "beta": [0.1, 1.0, 0.1, 1.0],
-                          "regularisation_scale": [0.5, 0.5, 1.0, 1.0], "eval/kl": [1.001, 1.009, 1.0, 1.01],
-                          "eval/win_rate": [0.6, 0.7, 0.6, 0.7]})
-    assert default_kls(table) == [1.0]  # three log-spaced points rounded to the same value: kept once
-    assert len(matched_kl(table)) == 2
+def test_pairs_seed_redraws_only_the_pairs():
+    base = SyntheticPreferences(num_pairs=100, num_demonstrations=50, seed=0)
+    assert SyntheticPreferences(num_pairs=100, seed=0, pairs_seed=0).preferences().to_list() == base.preferences().to_list()
+    other = SyntheticPreferences(num_pairs=100, num_demonstrations=50, seed=0, pairs_seed=1)
+    assert other.preferences()["prompt"] != base.preferences()["prompt"]
+    assert other.demonstrations().to_list() == base.demonstrations().to_list()
+    assert other.evaluation_prompts(50) == base.evaluation_prompts(50)
+
+
+def test_overoptimisation_seeds_vary_the_pairs_and_share_the_sft_reference(tmp_path):
+    from gpo.data import PreferenceDataModule
+    from gpo.models import char_tokenizer
+    from gpo.reference import InitialPolicy
+
+    cfgs = [compose_train(["experiment=overoptimisation", f"seed={seed}"], output_dir=tmp_path) for seed in (1, 2)]
+    assert [cfg.data.source.pairs_seed for cfg in cfgs] == [1, 2]
+    assert cfgs[0].callbacks.sample_evaluation.every_n_steps > 0  # trajectories
+    keys, pairs = [], []
+    for cfg in cfgs:
+        dm = PreferenceDataModule(instantiate(cfg.data.source), char_tokenizer(), max_length=32, max_prompt_length=16)
+        dm.setup()
+        keys.append(InitialPolicy(None, cfg.model.policy, cfg.model.sft, dm, cache=None).key)
+        pairs.append(dm.text["train"]["chosen"])
+    assert keys[0] == keys[1] and pairs[0] != pairs[1]

@@ -10,7 +10,7 @@ import pytest
 
 from gpo.data import PairCollator, PreferenceDataModule
 from gpo.errors import DataError, InputError
-from gpo.formats import HHRLHF, Preferences, TLDRComparisons, UltraFeedbackBinarized
+from gpo.data.sources import HHRLHF, Preferences, TLDRComparisons, UltraFeedbackBinarized
 from gpo.models import char_tokenizer
 
 @pytest.fixture(autouse=True, scope="module")
@@ -72,22 +72,20 @@ def test_hh_rlhf_splits_multi_turn_transcripts_at_the_last_assistant_turn(tmp_pa
     write_jsonl(tmp_path / "hh" / "train.jsonl", HH)
     write_jsonl(tmp_path / "hh" / "test.jsonl", HH[:2])
     source = HHRLHF(path=str(tmp_path / "hh"))
-    data = source.preferences()
-    rows = data["train"].to_list()
-    assert rows == [
+    tokenizer = char_tokenizer()
+    dm = datamodule(source, tokenizer)
+    rows = dm.text["train"].to_list()
+    assert [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows] == [
         {"prompt": "\n\nHuman: Hi there\n\nAssistant:", "chosen": " Hello! How can I help?", "rejected": " Go away."},
         {"prompt": "\n\nHuman: What is 2+2?\n\nAssistant: 4.\n\nHuman: And 3+3?\n\nAssistant:",
          "chosen": " 6.", "rejected": " Seven, I think."},
     ]
-    assert source.dropped["train"] == {
+    assert dm.report["train"]["dropped"] == {
         "no '\\n\\nAssistant:' turn in chosen": 1,
         "chosen and rejected differ before the last Assistant turn": 1,
         "empty response": 1,
     }
-    assert len(data["validation"]) == 2 and not source.dropped["validation"]
-
-    tokenizer = char_tokenizer()
-    dm = datamodule(source, tokenizer)
+    assert len(dm.text["validation"]) == 2 and not dm.report["validation"]["dropped"]
     prompt, chosen, rejected = response_tokens(dm, row=1)
     assert prompt == [tokenizer.bos_token_id] + tokenizer(rows[1]["prompt"], add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(chosen) == " 6.</s>" and tokenizer.decode(rejected) == " Seven, I think.</s>"
@@ -115,8 +113,8 @@ def test_ultrafeedback_renders_the_chat_template_and_masks_only_the_answer(tmp_p
     source = UltraFeedbackBinarized(path="json", data_files=files)  # the hub's split names
     tokenizer = chat_tokenizer(eos_token)
     dm = datamodule(source, tokenizer)
-    assert source.dropped["train"] == {"chosen and rejected differ before their last message": 1}
-    assert dm.text["train"][0] == {
+    assert dm.report["train"]["dropped"] == {"chosen and rejected differ before their last message": 1}
+    assert {k: dm.text["train"][0][k] for k in ("prompt", "chosen", "rejected")} == {
         "prompt": "<s><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
         "chosen": "Hello!<|im_end|>",
         "rejected": "Greetings, dear user, how are you?<|im_end|>",
@@ -153,16 +151,16 @@ def test_tldr_comparisons_take_the_chosen_summary_by_choice(tmp_path):
     source = TLDRComparisons(path=str(tmp_path / "tldr"))
     train = source.preferences()["train"].to_list()
     assert train[0] == {"prompt": "SUBREDDIT: r/relationships\n\nTITLE: A title\n\nPOST: My post text.\n\nTL;DR:",
-                        "chosen": " second summary", "rejected": " first summary"}
+                        "chosen": " second summary", "rejected": " first summary", "problem": ""}
     assert train[1]["chosen"] == " good one" and train[1]["rejected"] == " bad one"
-    assert source.dropped["train"] == {"no post or article text": 1}
+    assert [row["problem"] for row in train] == ["", "", "no post or article text"]  # the data module drops it
 
 
 def test_generic_preferences_map_columns_in_text_and_conversational_forms(tmp_path):
     text = write_jsonl(tmp_path / "text.jsonl", [{"question": f"Q{i}?", "good": f" yes {i}", "bad": " no"} for i in range(10)])
     source = Preferences(path=str(text), prompt_column="question", chosen_column="good", rejected_column="bad")
     data = source.preferences()  # one file: a single split, validation held out by the data module
-    assert data[3] == {"prompt": "Q3?", "chosen": " yes 3", "rejected": " no"}
+    assert data[3] == {"prompt": "Q3?", "chosen": " yes 3", "rejected": " no", "problem": ""}
 
     conv = [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}],
              "rejected": [{"role": "assistant", "content": "Bye"}]}]
@@ -175,7 +173,7 @@ def test_generic_preferences_map_columns_in_text_and_conversational_forms(tmp_pa
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": [{"role": "assistant", "content": " "}],
                                                 "rejected": [{"role": "assistant", "content": "r"}]}])
     with pytest.raises(DataError, match=r"bad\.jsonl.*row 0: 'chosen' message 0 \(assistant\) has empty content"):
-        Preferences(path=str(bad)).preferences()
+        datamodule(Preferences(path=str(bad)), chat_tokenizer(), strict=True)
     with pytest.raises(DataError, match=r"missing column\(s\) \['question'\]"):
         Preferences(path=str(bad), prompt_column="question").preferences()
 
@@ -188,8 +186,8 @@ def test_truncation_is_counted_and_pairs_identical_after_it_dropped(tmp_path, ca
     write_jsonl(tmp_path / "d" / "test.jsonl", rows[1:2])
     with caplog.at_level(logging.INFO, logger="gpo.data"):
         dm = datamodule(Preferences(path=str(tmp_path / "d")), char_tokenizer(), max_length=24, max_prompt_length=12)
-    assert dm.truncation["train"] == {"pairs": 3, "prompt_truncated": 2, "response_truncated": 2,
-                                      "dropped_identical_after_truncation": 1, "kept": 2}
+    assert dm.report["train"] == {"read": 3, "dropped": {}, "pairs": 3, "prompt_truncated": 2,
+                                  "response_truncated": 2, "dropped_identical_after_truncation": 1, "kept": 2}
     assert "dropped 1 pairs whose chosen and rejected are the same tokens" in caplog.text
     prompt, chosen, rejected = response_tokens(dm, row=1)
     assert len(prompt) == 12 and len(prompt) + len(chosen) == 24 and len(rejected) == 2  # "b" + EOS

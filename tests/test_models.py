@@ -14,14 +14,15 @@ from transformers import LlamaConfig
 
 from conftest import FAST, compose_train
 from gpo.data import PreferenceDataModule
-from gpo.formats import Preferences
+from gpo.data.sources import Preferences
 from gpo.logprobs import pair_logps
 from gpo.losses import Logistic
-from gpo.models import frozen_copy, pretrained_causal_lm, reference_for, tiny_causal_lm, with_lora
+from gpo.models import pretrained_causal_lm, tiny_causal_lm, with_lora
 from gpo.module import GPOModule
+from gpo.reference import AdapterReference
 from gpo.wandb_offline import find_runs, read_run
 from test_formats import CHATML, ULTRA, write_jsonl
-from train import train
+from gpo.run import train
 
 
 @pytest.fixture(scope="module")
@@ -65,45 +66,47 @@ def test_saved_model_trains_on_conversational_data_through_the_hf_option(tmp_pat
                                      "data.val_fraction=0.2", "data.num_proc=null"), output_dir=tmp_path)
     summary = train(cfg)
     wandb.finish()  # flush the offline run file before reading it
-    assert summary["status"] == "finished"
-    assert {"train/loss", "val/loss", "eval/kl"} <= set(summary["metrics"])
-    assert "eval/gold_reward" not in summary["metrics"]  # this data has no gold reward
+    assert summary.status == "finished"
+    assert {"train/loss", "val/loss", "eval/kl"} <= set(summary.metrics)
+    assert "eval/gold_reward" not in summary.metrics  # this data has no gold reward
     table = samples_table(tmp_path)
     assert table["columns"] == ["prompt", "policy", "reference"]
     assert len(table["data"]) == 4 and all(row[0].endswith("<|im_start|>assistant\n") for row in table["data"])
-    assert summary["truncation"]["train"]["pairs"] == 16
+    assert summary.data["splits"]["train"]["pairs"] == 16
 
 
 def test_lora_trains_through_the_cli_and_evaluates_against_the_adapter_free_base(tmp_path, saved_model, pairs):
     cfg = compose_train(hf_overrides(saved_model, "data=preference", f"data.source.path={pairs}", "model/lora=default",
                                      "model.lora.r=4", "optimizer.lr=3e-2", "logger=csv"), output_dir=tmp_path)
     summary = train(cfg)
-    assert summary["status"] == "finished"
+    assert summary.status == "finished"
+    assert cfg.reference._target_.endswith("AdapterReference")  # model/lora selects it
     # The KL is exactly 0 if the "reference" still had its adapters on.
-    assert abs(summary["metrics"]["eval/kl"]) > 1e-4
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert abs(summary.metrics["eval/kl"]) > 1e-4
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert any("lora_A" in key for key in state) and all(key.startswith("policy.") for key in state)
 
 
 def test_lora_reference_logps_equal_the_frozen_base_model(tmp_path, saved_model, pairs):
     policy, tokenizer = pretrained_causal_lm(str(saved_model))
-    base = frozen_copy(policy)
+    base, _ = pretrained_causal_lm(str(saved_model))
     policy = with_lora(policy, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
-    assert reference_for(policy) is None  # no second copy of the weights
-    module = GPOModule(policy, None, Logistic(), beta=0.1, optimizer=functools.partial(torch.optim.AdamW, lr=3e-2))
     dm = PreferenceDataModule(Preferences(path=str(pairs)), tokenizer, max_length=64, max_prompt_length=48, batch_size=4)
+    reference = AdapterReference(initial=None)  # no second copy of the weights: the initial policy is never built
+    reference.setup(policy, dm, torch.device("cpu"))
+    module = GPOModule(policy, reference, Logistic(), beta=0.1, optimizer=functools.partial(torch.optim.AdamW, lr=3e-2))
     pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False, limit_val_batches=0).fit(module, datamodule=dm)
     batch = next(iter(dm.val_dataloader()))
     module.train()
 
-    expected = torch.stack(pair_logps(base, batch))
-    reference = torch.stack(module.reference_logps(batch))
+    expected = torch.stack(pair_logps(base.eval(), batch))
+    reference = torch.stack(module.reference.logps(batch))
     torch.testing.assert_close(reference, expected, rtol=0, atol=1e-5)
     with torch.no_grad():
         trained = torch.stack(pair_logps(policy, batch))
     assert (trained - expected).abs().max() > 1e-3  # the adapters did move the policy
-    assert policy.training  # reference_model() put the policy back in training mode, adapters on
+    assert policy.training  # the reference put the policy back in training mode, adapters on
     with torch.no_grad():
         torch.testing.assert_close(torch.stack(pair_logps(policy, batch)), trained)
 

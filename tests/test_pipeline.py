@@ -1,16 +1,23 @@
 """The data -> log-prob -> loss pipeline on real batches."""
 
+import copy
+
 import pytest
 import torch
 from hydra.utils import instantiate
 
 from conftest import compose_train
+from gpo.config import group_options
 from gpo.data import PairCollator, tokenize_pair
+from gpo.data.tokenization import tokenize_demonstration
 from gpo.logprobs import pair_logps, sequence_logps
-from gpo.models import char_tokenizer, frozen_copy, tiny_causal_lm
+from gpo.losses import GPOLoss
+from gpo.models import char_tokenizer, tiny_causal_lm
 from gpo.module import GPOModule
+from gpo.reference import FrozenReference
 
-LOSS_NAMES = ["dpo", "ipo", "slic", "exponential", "truncated_quadratic", "savage"]
+# Every GPO family in conf/loss (a loss that is a function of beta * rho alone).
+GPO_FAMILIES = sorted(name for name, node in group_options("loss").items() if isinstance(instantiate(node), GPOLoss))
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +29,27 @@ def parts():
     return cfg, policy, tokenizer, datamodule
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+class Unchanged:
+    """The initial policy: the same weights as the policy before training."""
+
+    def __init__(self, policy):
+        self.copy = copy.deepcopy(policy)
+
+    def model(self):
+        return copy.deepcopy(self.copy).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("name", GPO_FAMILIES)
 def test_loss_at_step_zero_is_f_of_zero(parts, name):
     cfg, policy, tokenizer, datamodule = parts
     loss_fn = instantiate(compose_train([f"loss={name}"]).loss)
-    module = GPOModule(policy, frozen_copy(policy), loss_fn, beta=0.37, optimizer=None)
+    reference = FrozenReference(Unchanged(policy))
+    reference.setup(policy, datamodule, torch.device("cpu"))
+    module = GPOModule(policy, reference, loss_fn, beta=0.37, optimizer=None)
     module.log_dict = lambda *a, **k: None  # no trainer attached
     batch = next(iter(datamodule.train_dataloader()))
     loss = module._step(batch, "train")
-    assert loss.item() == torch.tensor(loss_fn.f0, dtype=torch.float32).item()
+    assert loss.item() == pytest.approx(loss_fn.f0, rel=1e-6, abs=1e-7)
 
 
 def test_chosen_and_rejected_go_through_one_forward_pass(parts):
@@ -101,3 +120,16 @@ def test_truncation_keeps_prompt_end_and_response_start():
     assert tokenizer.decode(row["chosen_input_ids"][:4]) == "789:"
     assert tokenizer.decode(row["chosen_input_ids"][4:]) == "abcdef"
     assert tokenizer.decode(row["rejected_input_ids"][4:], skip_special_tokens=True) == "xy"
+
+
+def test_sft_stage_and_preference_pairs_tokenize_the_same_text_to_the_same_ids():
+    tokenizer = char_tokenizer()
+    pair = tokenize_pair(dict(prompt="abc:", chosen="hello", rejected="x"), tokenizer, 64, 32)
+    demonstration = tokenize_demonstration(dict(prompt="abc:", response="hello"), tokenizer, 64, 32)
+    assert demonstration["input_ids"] == pair["chosen_input_ids"]
+    assert demonstration["prompt_length"] == pair["prompt_length"]
+    assert demonstration["input_ids"][0] == tokenizer.bos_token_id and demonstration["input_ids"][-1] == tokenizer.eos_token_id
+    # Truncated the same way too: the prompt keeps its end, the response its start.
+    pair = tokenize_pair(dict(prompt="0123456789:", chosen="abcdefghij", rejected="x"), tokenizer, 10, 4)
+    demonstration = tokenize_demonstration(dict(prompt="0123456789:", response="abcdefghij"), tokenizer, 10, 4)
+    assert demonstration["input_ids"] == pair["chosen_input_ids"]

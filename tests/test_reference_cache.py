@@ -1,81 +1,66 @@
-"""The shared reference log-prob cache (gpo/reference_cache.py) through train()."""
+"""The disk cache (gpo/cache.py) and the cached reference log-probs through train()."""
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import Dataset
 
-import train as train_script
-from conftest import FAST, ROOT, compose_train
-from gpo import reference_cache
-from gpo.errors import DataError
-from gpo.module import GPOModule
+from conftest import FAST, ROOT, SMALL_TASK, compose_train
+from gpo.cache import DiskCache
+from gpo.data.tokenization import token_digest
+from gpo.errors import InputError
+from gpo.reference import InitialPolicy
+from gpo.reference.references import MODEL_INPUTS
+from gpo.run import train
 
 
 @pytest.fixture
 def cache_dir(tmp_path, shared_cache):
-    """A fresh reference cache that shares the session's SFT model (trained once)."""
+    """A fresh cache that shares the session's SFT weights (trained once)."""
     os.makedirs(os.path.join(shared_cache, "sft"), exist_ok=True)
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "sft").symlink_to(os.path.join(shared_cache, "sft"))
     return tmp_path / "cache"
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    """train() applies num_threads=1 to this process; leave other tests torch's default."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(tmp_path, name, *overrides):
-    return train_script.train(compose_train(["logger=csv", "num_threads=1", *FAST, *overrides],
-                                            output_dir=tmp_path / name))
+    return train(compose_train(["logger=csv", *FAST, *SMALL_TASK, *overrides], output_dir=tmp_path / name))
 
 
-
-def test_cache_equals_on_the_fly_and_later_jobs_skip_the_reference(tmp_path, cache_dir, monkeypatch):
-    off = run(tmp_path, "off", "reference_cache=false", f"cache_dir={cache_dir}")
+def test_cached_reference_equals_the_frozen_one_and_later_jobs_never_build_it(tmp_path, cache_dir, monkeypatch):
+    frozen = run(tmp_path, "frozen", "reference=frozen", f"cache_dir={cache_dir}")
     first = run(tmp_path, "first", f"cache_dir={cache_dir}")
-
-    assert off["reference_cache"] == {"status": "off"}
-    assert first["reference_cache"]["status"] == "computed"
-    assert Path(first["reference_cache"]["path"]).parent == cache_dir / "reference"
+    assert "reference" not in frozen.stages and first.stages["reference"]["status"] == "built"
+    assert os.path.dirname(first.stages["reference"]["path"]) == str(cache_dir / "reference_logps")
     # Same numbers, sample evaluation included: the reference built at the end is the same model.
-    assert set(first["metrics"]) == set(off["metrics"])
-    for key, value in off["metrics"].items():
-        assert first["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert set(first.metrics) == set(frozen.metrics)
+    for key, value in frozen.metrics.items():
+        assert first.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
-    # A later job loads the cache: no reference model is computed with, copied, or run.
+    # A later job loads the cache: no reference model is built (the policy is built by the config, not this).
     def forbidden(*args, **kwargs):
-        raise AssertionError("the reference model was used")
+        raise AssertionError("the reference model was built")
 
-    monkeypatch.setattr(reference_cache, "compute_reference_logps", forbidden)
-    monkeypatch.setattr(train_script, "reference_for", forbidden)
-    monkeypatch.setattr(train_script, "sft_model", _count_calls(train_script.sft_model))  # policy only, once
-    monkeypatch.setattr(GPOModule, "reference_model", forbidden)
+    monkeypatch.setattr(InitialPolicy, "model", forbidden)
     second = run(tmp_path, "second", f"cache_dir={cache_dir}", "~callbacks.sample_evaluation")
-
-    assert second["reference_cache"]["status"] == "loaded"
-    assert train_script.sft_model.calls == 1
-    for key, value in off["metrics"].items():
+    assert second.stages["reference"]["status"] == "loaded"
+    for key, value in frozen.metrics.items():
         if not key.startswith("eval/"):
-            assert second["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+            assert second.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
-def _count_calls(fn):
-    def wrapper(*args, **kwargs):
-        wrapper.calls += 1
-        return fn(*args, **kwargs)
-
-    wrapper.calls = 0
-    return wrapper
+def test_a_damaged_cache_entry_is_rebuilt_never_used(tmp_path, cache_dir, caplog):
+    first = run(tmp_path, "first", f"cache_dir={cache_dir}", "~callbacks.sample_evaluation")
+    values = os.path.join(first.stages["reference"]["path"], "logps.pt")
+    with open(values, "r+b") as handle:  # a crash mid-write on a filesystem without atomic rename
+        handle.truncate(os.path.getsize(values) // 2)
+    again = run(tmp_path, "again", f"cache_dir={cache_dir}", "~callbacks.sample_evaluation")
+    assert again.stages["reference"]["status"] == "built" and "cannot be read" in caplog.text
+    assert again.metrics["val/loss"] == pytest.approx(first.metrics["val/loss"], rel=1e-6)
 
 
 def _tokenized(rows):
@@ -88,70 +73,81 @@ def _tokenized(rows):
 
 def test_token_digest_depends_on_every_model_input():
     rows = [([1, 2], [3, 4], [5]), ([1], [6], [7, 8])]
-    base = reference_cache.token_digest(_tokenized(rows))
-    assert reference_cache.token_digest(_tokenized(rows)) == base
-    assert reference_cache.token_digest(_tokenized(rows[::-1])) != base  # order matters: rows are aligned by position
+    base = token_digest(_tokenized(rows), MODEL_INPUTS)
+    assert token_digest(_tokenized(rows), MODEL_INPUTS) == base
+    assert token_digest(_tokenized(rows[::-1]), MODEL_INPUTS) != base  # order matters: rows are aligned by position
     moved = [([1, 2, 3], [4], [5]), rows[1]]  # same tokens, different prompt/response boundary
-    assert reference_cache.token_digest(_tokenized(moved)) != base
+    assert token_digest(_tokenized(moved), MODEL_INPUTS) != base
     extra = _tokenized(rows).add_column("gold_chosen", [1.0, 2.0])  # not seen by the model: same key
-    assert reference_cache.token_digest(extra) == base
+    assert token_digest(extra, MODEL_INPUTS) == base
 
 
-def test_a_cache_of_the_wrong_size_is_a_clear_error(tmp_path):
-    path = tmp_path / "reference" / "key"
-    DatasetDict({"train": Dataset.from_dict({c: [0.0] for c in reference_cache.COLUMNS})}).save_to_disk(str(path))
-    with pytest.raises(DataError, match=r"split 'train' has 1 rows, the data has 2; delete"):
-        reference_cache._load(str(path), {"train": _tokenized([([1], [2], [3]), ([1], [4], [5])])})
+def test_disk_cache_publishes_whole_entries_and_rebuilds_unreadable_ones(tmp_path):
+    cache = DiskCache(tmp_path)
+    writes = []
+
+    def write(directory):
+        writes.append(directory)
+        (directory / "value.json").write_text(json.dumps(41 + len(writes)))
+
+    def read(directory):
+        return json.loads((directory / "value.json").read_text())
+
+    value, outcome = cache.get_or_build("kind", "key", read, write, describe={"what": "a number"})
+    assert (value, outcome.status) == (42, "built") and writes[0] != cache.path("kind", "key")  # written elsewhere first
+    assert json.loads((cache.path("kind", "key") / "meta.json").read_text()) == {"key": "key", "what": "a number"}
+    assert cache.get_or_build("kind", "key", read, write)[1].status == "loaded" and len(writes) == 1
+    (cache.path("kind", "key") / "value.json").write_text("{not json")
+    value, outcome = cache.get_or_build("kind", "key", read, write)
+    assert (value, outcome.status) == (43, "built")
+    assert sorted(p.name for p in (tmp_path / "kind").iterdir()) == [".key.lock", "key"]  # no temp directory left
+
+    def failing(directory):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        cache.get_or_build("kind", "other", read, failing)
+    assert not cache.path("kind", "other").exists()
+
+
+def test_an_unwritable_cache_directory_is_a_clear_error(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(InputError, match="is not writable.*set cache_dir="):
+        DiskCache(blocked / "cache").get_or_build("kind", "key", lambda d: None, lambda d: None)
 
 
 RACER = """
-import json, os, sys, time
-import torch
-from gpo import reference_cache
-from gpo.data import PreferenceDataModule
-from gpo.models import tiny_causal_lm
-from gpo.synthetic import SyntheticPreferences
-from transformers import LlamaConfig
+import json, sys, time
+from gpo.cache import DiskCache
 
-cache_dir, barrier = sys.argv[1], sys.argv[2]
-torch.set_num_threads(1)  # two processes on a shared CPU
-publish = reference_cache._publish
+def write(directory):
+    time.sleep(1.0)  # long enough for the other job to arrive while this one builds
+    (directory / "value").write_text(sys.argv[2])
 
-def publish_together(*args):  # both jobs have computed (both missed the cache) before either publishes
-    open(os.path.join(barrier, str(os.getpid())), "w").close()
-    while len(os.listdir(barrier)) < 2:
-        time.sleep(0.05)
-    publish(*args)
-
-reference_cache._publish = publish_together
-model, tokenizer = tiny_causal_lm(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                              num_attention_heads=2, num_key_value_heads=2))
-data = PreferenceDataModule(SyntheticPreferences(num_pairs=200, num_demonstrations=10), tokenizer,
-                            max_length=32, max_prompt_length=16, batch_size=16)
-data.setup()
-info = reference_cache.attach_reference_logps(data, model, cache_dir, "racekey", "cpu")
-print(json.dumps({"status": info["status"],
-                  "chosen": data.tokenized["train"]["reference_chosen_logps"][:5],
-                  "rows": data.tokenized["validation"].num_rows}))
+value, outcome = DiskCache(sys.argv[1]).get_or_build("kind", "key", lambda d: (d / "value").read_text(), write)
+print(json.dumps({"value": value, "status": outcome.status}))
 """
 
 
-def test_two_jobs_computing_at_once_both_end_with_a_valid_cache(tmp_path):
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
+def test_concurrent_jobs_build_an_entry_once(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    jobs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(barrier)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [job.communicate(timeout=300) for job in jobs]
-    for job, (out, err) in zip(jobs, outputs):
+    jobs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), name], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    results = []
+    for job in jobs:
+        out, err = job.communicate(timeout=120)
         assert job.returncode == 0, err[-3000:]
-    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(r["status"] for r in results) == ["built", "loaded"]
+    assert results[0]["value"] == results[1]["value"]  # both use the one entry the first job built
 
-    assert [r["status"] for r in results] == ["computed", "computed"]
-    assert results[0]["chosen"] == results[1]["chosen"]
-    assert all(isinstance(v, float) and v < 0 for v in results[0]["chosen"])
-    assert os.listdir(tmp_path / "reference") == ["racekey"]  # the loser's temp directory is gone
-    cache = DatasetDict.load_from_disk(str(tmp_path / "reference" / "racekey"))
-    assert cache["validation"].num_rows == results[0]["rows"]
-    assert cache["train"]["reference_chosen_logps"][:5] == pytest.approx(results[0]["chosen"])
-    assert torch.isfinite(torch.tensor(cache["train"]["reference_rejected_logps"])).all()
+
+def test_reference_logps_survive_a_cache_in_use_by_another_model(tmp_path, cache_dir):
+    """The key holds the initial policy: another model never reads this one's entry."""
+    first = run(tmp_path, "first", f"cache_dir={cache_dir}", "~callbacks.sample_evaluation", "model.sft.steps=0")
+    other = run(tmp_path, "other", f"cache_dir={cache_dir}", "~callbacks.sample_evaluation", "model.sft.steps=0",
+                "model.policy.seed=1")
+    assert other.stages["reference"]["status"] == "built"
+    assert other.stages["reference"]["path"] != first.stages["reference"]["path"]
+    assert torch.isfinite(torch.tensor(other.metrics["val/loss"]))

@@ -17,6 +17,7 @@ import report as report_cli
 from conftest import FAST, ROOT, compose_train
 from gpo.hydra_callbacks import job_outcomes
 from gpo.report import DPI, FIGSIZE
+from gpo.summary import RunSummary
 
 PNG_SHAPE = (FIGSIZE[1] * DPI, FIGSIZE[0] * DPI)  # rows, columns
 
@@ -84,7 +85,7 @@ def test_submitit_local_runs_a_two_point_sweep_and_writes_the_report(tmp_path):
     jobs = summaries(sweep)
     assert sorted(jobs) == ["0_dpo-beta0.1", "1_ipo-beta0.1"]
     assert all(job["status"] == "finished" for job in jobs.values())
-    assert all(job["reference_cache"]["status"] in ("computed", "loaded") for job in jobs.values())
+    assert all(job["stages"]["reference"]["status"] in ("built", "loaded") for job in jobs.values())
     assert list((sweep / ".submitit").iterdir())  # the jobs really went through submitit
     table = pd.read_csv(sweep / "report.csv")  # written by the end-of-sweep callback
     assert sorted(table["loss"]) == ["dpo", "ipo"] and (table["n_finished"] == 1).all()
@@ -109,11 +110,12 @@ def test_optuna_preset_runs_three_trials_and_returns_the_metric(tmp_path):
 
 
 def test_list_failed_jobs_counts_jobs_without_a_summary(tmp_path):
-    jobs = [("0_a", {"status": "finished"}), ("1_b", {"status": "failed", "error": "boom"}), ("2_c", None)]
+    jobs = [("0_a", RunSummary("dpo", 0.1, 0)), ("1_b", RunSummary("ipo", 0.1, 0, status="failed", error="boom")),
+            ("2_c", None)]
     for name, summary in jobs:
         (tmp_path / name / ".hydra").mkdir(parents=True)
         if summary is not None:
-            (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+            summary.write(tmp_path / name)
     outcomes = job_outcomes(tmp_path)
     assert [job.name for job, _ in outcomes["finished"]] == ["0_a"]
     assert outcomes["failed"] == [(tmp_path / "1_b", "boom")]
@@ -172,7 +174,7 @@ def test_sweep_presets_compose():
     launcher = HydraConfig.get().launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.nodes) == ("gpu", 1, 1)
-    assert slurm.reference_cache is True
+    assert slurm.reference._target_.endswith("CachedReference")
 
 
 @pytest.mark.parametrize("name", ["wandb_families_beta.yaml", "wandb_paper_controlled.yaml"])

@@ -1,35 +1,51 @@
-"""End-to-end training through the real configs."""
-
-import json
+"""End-to-end training through the real configs: every loss in conf/loss."""
 
 import pytest
+import torch
 
-from conftest import FAST, compose_train
-from train import train
+from conftest import FAST, SMALL_TASK, compose_train
+from gpo.config import group_options
+from gpo.reference import InitialPolicy
+from gpo.run import train
+from gpo.summary import RunSummary
 
-LOSS_NAMES = ["dpo", "ipo", "slic", "exponential", "truncated_quadratic", "savage"]
+LOSSES = sorted(group_options("loss"))  # a new conf/loss/*.yaml is covered without editing this file
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", LOSSES)
 def test_every_loss_trains_a_few_steps(tmp_path, name):
-    cfg = compose_train([f"loss={name}", "beta=0.5", "logger=csv", *FAST], output_dir=tmp_path)
+    cfg = compose_train([f"loss={name}", "beta=0.5", "logger=csv", *FAST, *SMALL_TASK], output_dir=tmp_path)
     summary = train(cfg)
-    assert summary["status"] == "finished" and summary["loss"] == name
-    metrics = summary["metrics"]
+    assert summary.status == "finished" and summary.loss == name
     for key in ["train/loss", "val/loss", "val/rewards/accuracies", "val/rewards/margins", "val/logps/chosen",
                 "train/grad_norm", "eval/kl", "eval/gold_reward", "eval/win_rate"]:
-        assert key in metrics, key
-    assert json.loads((tmp_path / "summary.json").read_text())["metrics"] == metrics
+        assert key in summary.metrics, key
+    assert all(torch.isfinite(torch.tensor(v)) for v in summary.metrics.values())
+    assert RunSummary.read(tmp_path) == summary
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert (summary.theory != {}) == ("regularisation_scale" in summary.theory)  # GPO families carry their theory
 
 
 def test_reference_is_frozen_and_not_in_checkpoint(tmp_path):
-    import torch
-
-    cfg = compose_train(["logger=csv", *FAST], output_dir=tmp_path)
+    cfg = compose_train(["logger=csv", "reference=frozen", *FAST, *SMALL_TASK], output_dir=tmp_path)
     train(cfg)
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    assert state and all(key.startswith("policy.") for key in state)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert state and all(key.startswith(("policy.", "loss_fn.")) for key in state)
+
+
+def test_reference_free_loss_builds_no_reference_and_caches_nothing(tmp_path, monkeypatch):
+    built = []
+    original = InitialPolicy.model
+    monkeypatch.setattr(InitialPolicy, "model", lambda self: built.append(1) or original(self))
+    cfg = compose_train(["loss=simpo", "logger=csv", f"cache_dir={tmp_path / 'cache'}", "model.sft.steps=0",
+                         *FAST, *SMALL_TASK, "~callbacks.sample_evaluation"], output_dir=tmp_path / "run")
+    summary = train(cfg)
+    assert summary.status == "finished" and "reference" not in summary.stages
+    assert built == [] and not (tmp_path / "cache" / "reference_logps").exists()
+    # The same run with DPO builds one (the cached reference computes its log-probs with it).
+    train(compose_train(["loss=dpo", "logger=csv", f"cache_dir={tmp_path / 'cache'}", "model.sft.steps=0",
+                         *FAST, *SMALL_TASK, "~callbacks.sample_evaluation"], output_dir=tmp_path / "dpo"))
+    assert built == [1] and (tmp_path / "cache" / "reference_logps").exists()
 
 
 def test_dpo_raises_validation_accuracy_and_gold_reward(tmp_path):
@@ -38,7 +54,7 @@ def test_dpo_raises_validation_accuracy_and_gold_reward(tmp_path):
          "callbacks.sample_evaluation.num_prompts=64", "~callbacks.progress_bar"],
         output_dir=tmp_path,
     )
-    metrics = train(cfg)["metrics"]
+    metrics = train(cfg).metrics
     assert metrics["val/rewards/accuracies"] > 0.6
     assert metrics["eval/gold_reward"] > metrics["eval/gold_reward_reference"] + 0.5
     assert metrics["eval/win_rate"] > 0.6

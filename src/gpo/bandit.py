@@ -99,7 +99,7 @@ def kl_optimum_logits(bandit: Bandit, beta: float) -> torch.Tensor:
 def _margin_loss(u, data, loss) -> torch.Tensor:
     """E_mu[f(t)] with t = u_winner - u_loser, u = beta (theta - ref_logits)."""
     winners, losers, weights = data
-    return (weights * loss(u[winners] - u[losers])).sum()
+    return (weights * loss.f(u[winners] - u[losers])).sum()
 
 
 def gpo_loss(theta, bandit: Bandit, data, loss, beta: float) -> torch.Tensor:

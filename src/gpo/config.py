@@ -1,7 +1,5 @@
 """Config checks and resolvers shared by the entry points."""
 
-import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -12,6 +10,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gpo.errors import InputError
+
+BETA_SCALES = ("none", "taylor", "link")
 
 
 def run_group() -> str:
@@ -24,17 +24,22 @@ def run_group() -> str:
 OmegaConf.register_new_resolver("run_group", run_group, replace=True)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would waste a run, before any model or data is loaded."""
-    beta = cfg.beta
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
-        raise InputError(f"beta must be a positive number, got {beta!r}")
-
-
-def fingerprint(*parts) -> str:
-    """A short stable hash of config nodes and plain values, for cache keys."""
-    plain = [OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts]
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
+    if not _is_number(cfg.beta) or cfg.beta <= 0:
+        raise InputError(f"beta must be a positive number, got {cfg.beta!r}")
+    if cfg.get("beta_scale", "none") not in BETA_SCALES:
+        raise InputError(f"beta_scale must be one of {', '.join(BETA_SCALES)}, got {cfg.beta_scale!r}")
+    lr = cfg.get("optimizer", {}).get("lr")
+    if lr is not None and (not _is_number(lr) or lr < 0):
+        raise InputError(f"optimizer.lr must be a number >= 0, got {lr!r}")
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if not isinstance(max_steps, int) or (max_steps <= 0 and max_steps != -1):
+        raise InputError(f"trainer.max_steps must be a positive integer (or -1: train by epochs), got {max_steps!r}")
 
 
 def instantiate(node, **kwargs):
@@ -46,3 +51,12 @@ def instantiate(node, **kwargs):
         if isinstance(error.__cause__, InputError):
             raise error.__cause__ from None
         raise
+
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def group_options(group: str) -> dict[str, DictConfig]:
+    """Every option of a config group (conf/<group>/*.yaml) by name: what
+    `<group>=glob(*)` sweeps, for code that must cover them all (tests, the bandit)."""
+    return {path.stem: OmegaConf.load(path) for path in sorted((CONF_DIR / group).glob("*.yaml"))}

@@ -3,7 +3,6 @@ launcher presets): list failed jobs and write the sweep report at the end of
 a sweep; give every local parallel job a GPU of its own."""
 
 import fcntl
-import json
 import logging
 import os
 import subprocess
@@ -12,6 +11,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from gpo.summary import FILENAME, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +24,12 @@ def job_outcomes(sweep_dir: str | Path) -> dict[str, list[tuple[Path, str]]]:
     outcomes = {"finished": [], "failed": [], "missing": []}
     for hydra_dir in sorted(Path(sweep_dir).rglob(".hydra")):
         job_dir = hydra_dir.parent
-        summary_path = job_dir / "summary.json"
+        summary_path = job_dir / FILENAME
         if not summary_path.exists():
             outcomes["missing"].append((job_dir, "no summary.json"))
             continue
-        summary = json.loads(summary_path.read_text())
-        status = "finished" if summary.get("status") == "finished" else "failed"
-        outcomes[status].append((job_dir, summary.get("error") or ""))
+        summary = RunSummary.read(summary_path)
+        outcomes["finished" if summary.finished else "failed"].append((job_dir, summary.error or ""))
     return outcomes
 
 

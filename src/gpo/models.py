@@ -1,21 +1,19 @@
-"""Policy models and tokenizers.
+"""Policy models and tokenizers, and where they run.
 
-Two ways in, both returning (policy, tokenizer):
+Two ways in (conf/model), both returning (model, tokenizer):
   - `tiny_causal_lm`: a randomly initialised transformers model built from a
     config, with a character-level tokenizer made locally (no hub, no network),
     for CPU runs and tests;
   - `pretrained_causal_lm`: any AutoModelForCausalLM + AutoTokenizer by hub name
     or local path.
-The frozen reference is made from the policy by `reference_for`: a frozen copy,
-or nothing for a LoRA policy (`with_lora`), whose reference is its own base
-model with the adapters disabled (GPOModule.reference_model).
+`with_lora` adds trainable LoRA adapters (model/lora).
 """
 
-import copy
+import os
 import string
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerFast
 
@@ -55,16 +53,19 @@ def pretrained_causal_lm(
     dtype: str = "auto",
     gradient_checkpointing: bool = False,
     chat_template: str | None = None,
+    trust_remote_code: bool = False,
     **model_kwargs,
 ):
     """`model_kwargs` go to from_pretrained (attn_implementation, revision, ...).
-    `chat_template` (Jinja) gives a model without one a template for conversational data."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    `chat_template` (Jinja) gives a model without one a template for conversational data.
+    `trust_remote_code` runs Python code shipped with the checkpoint: off unless asked for."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:  # common for decoder-only models; pad positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     if chat_template is not None:
         tokenizer.chat_template = chat_template
-    policy = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **model_kwargs)
+    policy = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                  **model_kwargs)
     if gradient_checkpointing:
         # Non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA).
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -77,13 +78,10 @@ def with_lora(policy: torch.nn.Module, lora_config: LoraConfig | None) -> torch.
     return policy if lora_config is None else get_peft_model(policy, lora_config)
 
 
-def reference_for(policy: torch.nn.Module) -> torch.nn.Module | None:
-    """A frozen copy of the policy, or None for a LoRA policy: its base model with
-    adapters disabled is the reference, so no second copy of the weights is kept."""
-    return None if isinstance(policy, PeftModel) else frozen_copy(policy)
-
-
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    reference = copy.deepcopy(model).eval()
-    reference.requires_grad_(False)
-    return reference
+def device_for(accelerator: str) -> torch.device:
+    """The device a job's models run on for `trainer.accelerator`: this
+    process's GPU (its local rank's under DDP/SLURM) when one is asked for and
+    present, else the CPU."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")

@@ -1,92 +1,85 @@
-"""The GPO LightningModule: policy vs frozen reference, loss = mean f(beta * rho)."""
+"""The training module: a policy, a reference and a preference loss.
+
+One step: log-probs of chosen and rejected under the policy (one forward
+pass) and the reference, packed as `PairLogps`; the loss is the mean of
+loss_fn(logps, beta). The module never looks at which loss it holds.
+"""
 
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import grad_norm
 
 from gpo.logprobs import pair_logps
+from gpo.losses import PairLogps, PreferenceLoss
+from gpo.reference import Reference
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
 
 
+def pair_metrics(logps: PairLogps, beta: float) -> dict[str, torch.Tensor]:
+    """Per-batch means: implied rewards beta * log-ratio (beta * log-prob for a
+    run without a reference), their margin and accuracy, log-probs and, with a
+    reference, the offline regulariser E_data[rho^2]/2 that the Taylor
+    expansion of every GPO loss exposes (GPO section 4)."""
+    with torch.no_grad():
+        has_reference = logps.reference_chosen is not None
+        chosen = beta * (logps.chosen_logratio if has_reference else logps.policy_chosen)
+        rejected = beta * (logps.rejected_logratio if has_reference else logps.policy_rejected)
+        metrics = {
+            "rewards/chosen": chosen.mean(),
+            "rewards/rejected": rejected.mean(),
+            "rewards/margins": (chosen - rejected).mean(),
+            "rewards/accuracies": (chosen > rejected).float().mean(),
+            "logps/chosen": logps.policy_chosen.mean(),
+            "logps/rejected": logps.policy_rejected.mean(),
+        }
+        if has_reference:
+            metrics["offline_regulariser"] = (logps.margin**2).mean() / 2
+    return metrics
+
+
 class GPOModule(pl.LightningModule):
     def __init__(
         self,
         policy: torch.nn.Module,
-        reference: torch.nn.Module | Callable[[], torch.nn.Module] | None,
-        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        reference: Reference,
+        loss_fn: PreferenceLoss,
         beta: float,
         optimizer: Callable,
         scheduler: Callable | None = None,
     ):
         super().__init__()
         self.policy = policy
-        # Kept out of the module's children: frozen, never in the optimizer, and
-        # not written into checkpoints next to the policy.
-        self.__dict__["reference"] = reference
-        self.loss_fn, self.beta = loss_fn, beta
+        self.loss_fn = loss_fn  # a submodule: state such as BCO's running reward shift is checkpointed
+        # Not a torch module: its model, if any, is frozen, outside the optimizer and the checkpoints.
+        self.reference = reference
+        self.beta = beta
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
 
-    @contextmanager
-    def reference_model(self):
-        """The reference as a model: the frozen copy, or, for a LoRA policy
-        (reference=None), the policy itself with adapters disabled and in eval
-        mode (no dropout), as the frozen copy would be. A callable `reference`
-        is called to build the model on first use: with cached reference
-        log-probs only the sample evaluation needs it, so none is held in training."""
-        if callable(self.reference) and not isinstance(self.reference, torch.nn.Module):
-            self.__dict__["reference"] = self.reference().eval().requires_grad_(False)
-        if self.reference is not None:
-            self.reference.to(self.device)
-            yield self.reference
-            return
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            with self.policy.disable_adapter():
-                yield self.policy
-        finally:
-            self.policy.train(was_training)
+    flops_per_batch = None  # unknown for an arbitrary model; tells ThroughputMonitor not to ask
 
-    @torch.no_grad()
-    def reference_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """log pi_ref of (chosen, rejected): precomputed in the batch when the
-        reference cache is on, else from `reference_model()`."""
-        if "reference_chosen_logps" in batch:
-            return batch["reference_chosen_logps"], batch["reference_rejected_logps"]
-        with self.reference_model() as reference:
-            return pair_logps(reference, batch)
+    def pair_logps(self, batch) -> PairLogps:
+        policy_chosen, policy_rejected = pair_logps(self.policy, batch)
+        reference_chosen, reference_rejected = self.reference.logps(batch)
+        return PairLogps(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
+                         batch["chosen_length"], batch["rejected_length"])
 
     def _step(self, batch, stage: str) -> torch.Tensor:
-        policy_chosen, policy_rejected = pair_logps(self.policy, batch)
-        reference_chosen, reference_rejected = self.reference_logps(batch)
-        chosen_ratio = policy_chosen - reference_chosen
-        rejected_ratio = policy_rejected - reference_rejected
-        loss = self.loss_fn(self.beta * (chosen_ratio - rejected_ratio)).mean()
-
-        rewards_chosen, rewards_rejected = self.beta * chosen_ratio.detach(), self.beta * rejected_ratio.detach()
-        metrics = {
-            "loss": loss.detach(),
-            "rewards/chosen": rewards_chosen.mean(),
-            "rewards/rejected": rewards_rejected.mean(),
-            "rewards/margins": (rewards_chosen - rewards_rejected).mean(),
-            "rewards/accuracies": (rewards_chosen > rewards_rejected).float().mean(),
-            "logps/chosen": policy_chosen.detach().mean(),
-            "logps/rejected": policy_rejected.detach().mean(),
-        }
+        logps = self.pair_logps(batch)
+        loss = self.loss_fn(logps, self.beta).mean()
+        metrics = {"loss": loss.detach(), **pair_metrics(logps, self.beta)}
         for key in ("gold_chosen", "gold_rejected"):
             if key in batch:
-                metrics[key.replace("_", "/")] = batch[key].mean()
+                metrics[key.replace("_", "/")] = batch[key].float().mean()
         on_step = stage == "train"
         self.log_dict(
             {f"{stage}/{name}": value for name, value in metrics.items()},
             # sync_dist on train steps too: under DDP each rank sees only its share of the global batch.
-            on_step=on_step, on_epoch=not on_step, batch_size=len(chosen_ratio), sync_dist=True,
+            on_step=on_step, on_epoch=not on_step, batch_size=len(logps.policy_chosen), sync_dist=True,
         )
         return loss
 

@@ -10,7 +10,7 @@ Rendering is a `datasets` map fingerprinted on the tokenizer (hence on its
 template), so it is cached per model like the tokenization that follows.
 """
 
-from datasets import Dataset, Value
+from datasets import Dataset
 
 from gpo.errors import DataError, InputError
 
@@ -32,7 +32,10 @@ def conversation_problem(value) -> str | None:
 
 
 def is_conversational(dataset: Dataset) -> bool:
-    return any(not isinstance(dataset.features[column], Value) for column in ("prompt", *RESPONSE_COLUMNS))
+    """Whether the (checked) rows hold messages rather than text, by their values:
+    a column's inferred type can be odd after unusable rows were dropped."""
+    first = dataset[0] if len(dataset) else {}
+    return any(isinstance(first.get(column), list) for column in ("prompt", *RESPONSE_COLUMNS))
 
 
 def _messages(value, role: str) -> list[dict]:

@@ -6,15 +6,14 @@ plain ancestral sampling (temperature 1, no top-k/top-p) so the samples come
 from pi itself, which the estimator requires."""
 
 import math
-from contextlib import nullcontext
 
 import torch
 
-from gpo.data import encode_prompt, pad_sequences
+from gpo.data.tokenization import encode_prompt, pad_sequences
 from gpo.logprobs import sequence_logps
 
 
-def _mean_and_stderr(values: list[float]) -> tuple[float, float]:
+def mean_and_stderr(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
     variance = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
@@ -51,12 +50,13 @@ def response_logps(model, prompt_ids, responses, pad_token_id) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, max_new_tokens, gold_reward=None, batch_size=64):
+def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, max_new_tokens, gold_reward=None,
+                     batch_size=64):
     """Returns (metrics, rows): metrics under `eval/`, rows of (prompt, policy
-    sample, reference sample[, gold rewards]) for a samples table. `reference`
-    is a model, or a callable returning a context manager that yields one (e.g.
-    GPOModule.reference_model: a LoRA policy serves as its own reference)."""
-    reference_model = (lambda: nullcontext(reference)) if isinstance(reference, torch.nn.Module) else reference
+    sample, reference sample[, gold rewards]) for a samples table.
+    `reference` is a gpo.reference.Reference (its `model(device)` context
+    yields the reference model; a LoRA policy serves as its own)."""
+    device = next(policy.parameters()).device
     was_training = policy.training
     policy.eval()
     kl, policy_gold, reference_gold, wins, rows = [], [], [], [], []
@@ -66,7 +66,7 @@ def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, m
         prompt_ids = [encode_prompt(tokenizer, text)[-max_prompt_length:] for text in texts]
         policy_samples = sample(policy, prompt_ids, max_new_tokens, **special)
         policy_logps = response_logps(policy, prompt_ids, policy_samples, tokenizer.pad_token_id)
-        with reference_model() as reference_lm:  # the policy is not usable as itself inside this block
+        with reference.model(device) as reference_lm:  # the policy may not be usable as itself inside this block
             reference_samples = sample(reference_lm, prompt_ids, max_new_tokens, **special)
             reference_logps = response_logps(reference_lm, prompt_ids, policy_samples, tokenizer.pad_token_id)
         kl += (policy_logps - reference_logps).tolist()
@@ -86,9 +86,9 @@ def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, m
     policy.train(was_training)
 
     metrics = {}
-    metrics["eval/kl"], metrics["eval/kl_stderr"] = _mean_and_stderr(kl)
+    metrics["eval/kl"], metrics["eval/kl_stderr"] = mean_and_stderr(kl)
     if gold_reward is not None:
-        metrics["eval/gold_reward"], metrics["eval/gold_reward_stderr"] = _mean_and_stderr(policy_gold)
-        metrics["eval/gold_reward_reference"], _ = _mean_and_stderr(reference_gold)
-        metrics["eval/win_rate"], metrics["eval/win_rate_stderr"] = _mean_and_stderr(wins)
+        metrics["eval/gold_reward"], metrics["eval/gold_reward_stderr"] = mean_and_stderr(policy_gold)
+        metrics["eval/gold_reward_reference"], _ = mean_and_stderr(reference_gold)
+        metrics["eval/win_rate"], metrics["eval/win_rate_stderr"] = mean_and_stderr(wins)
     return metrics, rows

@@ -1,36 +1,59 @@
-"""Published preference datasets, each a data *source* (see gpo/data.py).
+"""Preference data read by `datasets`: local files, hub datasets, published formats.
 
-Each is read by `datasets.load_dataset` from the hub by name, or from a local
-directory / files in the same format (`path: json` with `data_files`), and has
-its own extraction of prompt / chosen / rejected:
+Each source is read by `datasets.load_dataset` (so it is cached, and
+compressed files such as .jsonl.gz are read as they are) from the hub by name,
+from a local directory, or from files, and has its own extraction of
+prompt / chosen / rejected:
+  - `Preferences`: any data with prompt/chosen/rejected columns (mapped by
+    name), plain text or conversational; local files by `train_files`;
   - `HHRLHF`: Anthropic HH-RLHF full transcripts;
   - `UltraFeedbackBinarized`: conversations whose last turn is the response;
-  - `TLDRComparisons`: summarize-from-feedback post + two summaries + choice;
-  - `Preferences`: any dataset with prompt/chosen/rejected columns (mapped by
-    name), plain text or conversational.
+  - `TLDRComparisons`: summarize-from-feedback post + two summaries + choice.
 Conversational rows stay lists of messages here; the data module renders them
-with the model's chat template (gpo/chat.py). Rows a format cannot split are
-dropped and counted by reason (`dropped`); every kept row is then checked by
-`check_rows`, which fails on anything still unusable.
+with the model's chat template (gpo/data/chat.py). A row a format cannot
+split gets a `problem` (why); the data module drops such rows, counted by
+reason, or stops on the first with `data.strict=true`.
 """
 
 import logging
 import os
-from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from datasets import Dataset, load_dataset
 
-from gpo.data import FILE_BUILDERS, TEXT_COLUMNS, check_rows
 from gpo.errors import DataError, InputError
 
 log = logging.getLogger(__name__)
 
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
-class HubPreferences:
-    """Loading, split selection and row dropping shared by the formats.
 
-    `splits` maps train/validation to the dataset's own split names; without a
+def file_builder(path: str) -> str | None:
+    """The `datasets` builder for a data file by its extension (compression suffixes ignored)."""
+    stem = str(path).lower()
+    for suffix in COMPRESSIONS:
+        stem = stem.removesuffix(suffix)
+    return FILE_BUILDERS.get(os.path.splitext(stem)[1])
+
+
+def _as_list(files: str | Sequence[str]) -> list[str]:
+    return [files] if isinstance(files, str) else list(files)
+
+
+class Preferences:
+    """Any preference data with prompt/chosen/rejected columns (named by the
+    *_column arguments), in one of the forms:
+      - plain text: three strings;
+      - conversational: prompt a list of {role, content} messages (or a
+        string, one user message), chosen/rejected the assistant message(s);
+      - conversational with implicit prompt (`prompt_column: null`):
+        chosen/rejected whole conversations sharing all but the last message.
+
+    Where: `path` (a hub name, a local directory, one local file, or a
+    builder such as json with `data_files`), or `train_files` (and
+    `validation_files`): local JSON/JSONL/Parquet/CSV files, compressed or not.
+    `splits` maps train/validation to the dataset's split names; without a
     validation split the data module holds out `val_fraction` of train.
     `max_pairs` keeps the first rows of each split (quick runs on big data)."""
 
@@ -40,21 +63,30 @@ class HubPreferences:
     def __init__(
         self,
         path: str | None = None,
+        train_files: str | Sequence[str] | None = None,
+        validation_files: str | Sequence[str] | None = None,
         name: str | None = None,
         data_dir: str | None = None,
         data_files=None,
         revision: str | None = None,
         splits: Mapping[str, str | None] | None = None,
+        prompt_column: str | None = "prompt",
+        chosen_column: str = "chosen",
+        rejected_column: str = "rejected",
         max_pairs: int | None = None,
         num_proc: int | None = None,
     ):
+        if train_files:
+            data_files = {"train": _as_list(train_files)}
+            if validation_files:
+                data_files["validation"] = _as_list(validation_files)
+            path, splits = self._builder_of(data_files), {split: split for split in data_files}
         path = path or self.default_path
         if not path:
-            raise InputError(f"{type(self).__name__}: data.source.path is required "
-                             "(a hub name, a local directory or file, or a builder such as json)")
-        builder = FILE_BUILDERS.get(os.path.splitext(path)[1].lower())
-        if builder and data_files is None:  # one local file: the only split, validation held out
-            path, data_files, splits = builder, {"train": path}, {"train": "train"}
+            raise InputError(f"{type(self).__name__}: data.source.path (a hub name, a local directory or file, or a "
+                             "builder such as json) or data.source.train_files is required")
+        if file_builder(path) and data_files is None:  # one local file: the only split, validation held out
+            path, data_files, splits = self._builder_of({"train": [path]}), {"train": path}, {"train": "train"}
         self.path = path
         load_kwargs = dict(name=name, data_dir=data_dir, data_files=data_files, revision=revision)
         self.load_kwargs = {k: v for k, v in load_kwargs.items() if v}
@@ -62,65 +94,81 @@ class HubPreferences:
         if not splits.get("train"):
             raise InputError(f"{self.path}: data.source.splits needs a 'train' entry, got {splits}")
         self.splits = {role: split for role, split in splits.items() if split}
+        self.columns = {"prompt": prompt_column, "chosen": chosen_column, "rejected": rejected_column}
         self.max_pairs, self.num_proc = max_pairs, num_proc
-        self.description = self.path + "".join(f" {k}={v}" for k, v in self.load_kwargs.items())
-        self.dropped: dict[str, Counter] = {}
+        files = [f for fs in (data_files or {}).values() for f in _as_list(fs)] if isinstance(data_files, dict) else []
+        self.description = ", ".join(files) if train_files else (
+            self.path + "".join(f" {k}={v}" for k, v in self.load_kwargs.items()))
+
+    @staticmethod
+    def _builder_of(data_files: dict) -> str:
+        for path in (f for files in data_files.values() for f in _as_list(files)):
+            if file_builder(path) is None:
+                raise DataError(f"{path}: unsupported file type (expected one of "
+                                f"{', '.join(FILE_BUILDERS)}, optionally compressed: {', '.join(COMPRESSIONS)})")
+            if not os.path.isfile(path):
+                raise DataError(f"{path}: data file not found")
+            if os.path.getsize(path) == 0:
+                raise DataError(f"{path}: the file is empty")
+        return file_builder(next(f for files in data_files.values() for f in _as_list(files)))
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        return tuple(c for c in self.columns.values() if c)
 
     def preferences(self) -> Dataset | dict[str, Dataset]:
-        data = {role: self._prepare(role, split) for role, split in self.splits.items()}
+        """Rows with prompt/chosen/rejected and `problem` ("" for a usable row)."""
+        data = {role: self._prepare(split) for role, split in self.splits.items()}
         return data if "validation" in data else data["train"]
 
     def extract(self, row: dict) -> dict:
         """prompt/chosen/rejected of one row, plus `problem`: why the row is
         unusable ("" if it is)."""
-        raise NotImplementedError
+        chosen, rejected = row[self.columns["chosen"]], row[self.columns["rejected"]]
+        if self.columns["prompt"] is None:
+            if not isinstance(chosen, list) or not isinstance(rejected, list):
+                return {"prompt": [], "chosen": [], "rejected": [], "problem": "implicit prompt needs conversations"}
+            return split_conversations(chosen, rejected)
+        return {"prompt": row[self.columns["prompt"]], "chosen": chosen, "rejected": rejected, "problem": ""}
 
     def _load(self, split: str) -> Dataset:
         try:
             dataset = load_dataset(self.path, split=split, **self.load_kwargs)
         except Exception as error:  # datasets raises many types (missing files, unknown split, no network)
-            message = f"{self.description}: cannot load split '{split}': {type(error).__name__}: {error}"
-            raise DataError(message) from error
+            cause = error
+            while cause.__cause__ is not None or cause.__context__ is not None:  # the parser's own words
+                cause = cause.__cause__ or cause.__context__
+            detail = f"{type(cause).__name__}: {cause}" if str(cause) else f"{type(cause).__name__} (malformed file?)"
+            where = f"split '{split}' " if split != "train" or len(self.splits) > 1 else ""
+            raise DataError(f"{self.description}: cannot read {where}as {self.path}: {detail}") from error
         return dataset.select(range(min(self.max_pairs, len(dataset)))) if self.max_pairs else dataset
 
-    def _prepare(self, role: str, split: str) -> Dataset:
+    def _prepare(self, split: str) -> Dataset:
         where = f"{self.description} [{split}]"
         dataset = self._load(split)
-        self.check_columns(dataset, where)
-        dataset = dataset.map(
-            self.extract, remove_columns=dataset.column_names, num_proc=self.num_proc, desc=f"Extracting {where}"
-        )
-        problems = Counter(p for p in dataset["problem"] if p)
-        if problems:
-            log.warning("%s: dropped %d of %d rows: %s", where, sum(problems.values()), len(dataset), dict(problems))
-            dataset = dataset.filter(lambda p: not p, input_columns="problem", num_proc=self.num_proc)
-        self.dropped[role] = problems
-        if len(dataset) == 0:
-            raise DataError(f"{where}: no usable rows (dropped: {dict(problems)})")
-        dataset = dataset.remove_columns("problem")
-        check_rows(dataset, where)
-        return dataset
-
-    required_columns: tuple[str, ...] = ()
-
-    def check_columns(self, dataset: Dataset, where: str) -> None:
         missing = [c for c in self.required_columns if c not in dataset.column_names]
         if missing:
             raise DataError(f"{where}: missing column(s) {missing}; the data has {dataset.column_names}")
+        return dataset.map(self.extract, remove_columns=dataset.column_names, num_proc=self.num_proc,
+                           desc=f"Extracting {where}")
 
 
-class HHRLHF(HubPreferences):
+class HHRLHF(Preferences):
     """Anthropic/hh-rlhf: `chosen`/`rejected` are whole transcripts
     "\\n\\nHuman: ...\\n\\nAssistant: ...". The prompt is the chosen transcript
     through its last "\\n\\nAssistant:" (earlier turns included), which the
     rejected one must share; the responses are what follows it."""
 
     default_path = "Anthropic/hh-rlhf"
-    required_columns = ("chosen", "rejected")
     marker = "\n\nAssistant:"
+
+    def __init__(self, **load_kwargs):
+        super().__init__(prompt_column=None, **load_kwargs)
 
     def extract(self, row: dict) -> dict:
         chosen, rejected = row["chosen"], row["rejected"]
+        if not isinstance(chosen, str) or not isinstance(rejected, str):
+            return {"prompt": "", "chosen": "", "rejected": "", "problem": "chosen or rejected is not text"}
         cut = chosen.rfind(self.marker)
         prompt = chosen[: cut + len(self.marker)] if cut >= 0 else ""
         out = {"prompt": prompt, "chosen": chosen[len(prompt) :], "rejected": rejected[len(prompt) :], "problem": ""}
@@ -148,30 +196,6 @@ def split_conversations(chosen: list, rejected: list) -> dict:
     return out
 
 
-class Preferences(HubPreferences):
-    """Any dataset with prompt/chosen/rejected columns (named by the
-    *_column arguments), in one of the forms:
-      - plain text: three strings;
-      - conversational: prompt a list of {role, content} messages (or a
-        string, one user message), chosen/rejected the assistant message(s);
-      - conversational with implicit prompt (`prompt_column: null`):
-        chosen/rejected whole conversations sharing all but the last message."""
-
-    def __init__(self, prompt_column: str | None = "prompt", chosen_column: str = "chosen",
-                 rejected_column: str = "rejected", **load_kwargs):
-        super().__init__(**load_kwargs)
-        self.columns = {"prompt": prompt_column, "chosen": chosen_column, "rejected": rejected_column}
-        self.required_columns = tuple(c for c in self.columns.values() if c)
-
-    def extract(self, row: dict) -> dict:
-        chosen, rejected = row[self.columns["chosen"]], row[self.columns["rejected"]]
-        if self.columns["prompt"] is None:
-            if not isinstance(chosen, list) or not isinstance(rejected, list):
-                return {"prompt": [], "chosen": [], "rejected": [], "problem": "implicit prompt needs conversations"}
-            return split_conversations(chosen, rejected)
-        return {"prompt": row[self.columns["prompt"]], "chosen": chosen, "rejected": rejected, "problem": ""}
-
-
 class UltraFeedbackBinarized(Preferences):
     """HuggingFaceH4/ultrafeedback_binarized: `chosen`/`rejected` are
     conversations ending with the assistant's answer; the messages before it
@@ -184,7 +208,7 @@ class UltraFeedbackBinarized(Preferences):
         super().__init__(prompt_column=None, **load_kwargs)
 
 
-class TLDRComparisons(HubPreferences):
+class TLDRComparisons(Preferences):
     """openai/summarize_from_feedback, config `comparisons`: a Reddit post (`info`:
     subreddit, title, post; CNN/DM rows have `article` instead), two
     `summaries` ({text, ...}) and `choice`, the index of the preferred one.
@@ -217,4 +241,4 @@ class TLDRComparisons(HubPreferences):
         return out
 
 
-__all__ = ["HHRLHF", "Preferences", "TLDRComparisons", "UltraFeedbackBinarized", "TEXT_COLUMNS"]
+__all__ = ["HHRLHF", "Preferences", "TLDRComparisons", "UltraFeedbackBinarized"]

@@ -1,10 +1,10 @@
 """Gold rewards for the controlled protocol of Gao et al. 2023 (the GPO paper's
-Section 6): a fixed judge stands in for human labellers, both to label the
+Section 5): a fixed judge stands in for human labellers, both to label the
 preference pairs and to score the trained policy's samples.
 
 A gold reward is any callable (prompt, response) -> float; it may also offer
 `score_batch(prompts, responses) -> list[float]`, used where many pairs are
-scored at once. The synthetic task brings its own (gpo.synthetic); this module
+scored at once. The synthetic task brings its own (gpo.data.sources.synthetic); this module
 adds a reward model loaded by name through transformers, the paper-scale
 substitute, and Bradley-Terry relabelling of any preference data by a gold reward.
 """
@@ -18,6 +18,12 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from gpo.errors import InputError
+from gpo.models import device_for
+
+
+def bradley_terry(first: float, second: float, temperature: float) -> float:
+    """P(first preferred) = sigmoid((first - second) / temperature), overflow-free."""
+    return 0.5 * (1.0 + math.tanh((first - second) / (2.0 * temperature)))
 
 
 class RewardModelGold:
@@ -48,7 +54,7 @@ class RewardModelGold:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:  # the model finds each row's last token through it
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else device_for("auto")
         self.model.to(self.device)
         self.label, self.pair_input = label, pair_input
         self.name = f"{name_or_path}[{label}]{'pair' if pair_input else 'concat'}"  # identity for cache keys
@@ -79,7 +85,8 @@ def relabel(pairs: Dataset, gold_reward, temperature: float, seed: int = 0, batc
     """The same (prompt, response, response) triples, with chosen/rejected drawn
     by Bradley-Terry on the gold reward: the first response is chosen with
     probability sigmoid((r_a - r_b) / temperature); the original labels are
-    discarded. Adds the float columns gold_chosen and gold_rejected."""
+    discarded. Adds the float columns gold_chosen, gold_rejected and
+    preference_probability (that the chosen response wins)."""
     if not temperature > 0:
         raise InputError(f"data.relabel_temperature must be > 0, got {temperature}")
     draws = np.random.default_rng(seed).random(len(pairs))
@@ -87,12 +94,13 @@ def relabel(pairs: Dataset, gold_reward, temperature: float, seed: int = 0, batc
     def label(rows, indices):
         r_a = gold_scores(gold_reward, rows["prompt"], rows["chosen"])
         r_b = gold_scores(gold_reward, rows["prompt"], rows["rejected"])
-        out = {"chosen": [], "rejected": [], "gold_chosen": [], "gold_rejected": []}
+        out = {"chosen": [], "rejected": [], "gold_chosen": [], "gold_rejected": [], "preference_probability": []}
         for a, b, ra, rb, i in zip(rows["chosen"], rows["rejected"], r_a, r_b, indices):
-            a_wins = draws[i] < 0.5 * (1.0 + math.tanh((ra - rb) / (2 * temperature)))  # sigmoid, overflow-free
-            (c, rc), (l, rl) = ((a, ra), (b, rb)) if a_wins else ((b, rb), (a, ra))
+            p_a = bradley_terry(ra, rb, temperature)
+            (c, rc), (l, rl), p = ((a, ra), (b, rb), p_a) if draws[i] < p_a else ((b, rb), (a, ra), 1.0 - p_a)
             out["chosen"].append(c), out["rejected"].append(l)
             out["gold_chosen"].append(float(rc)), out["gold_rejected"].append(float(rl))
+            out["preference_probability"].append(p)
         return out
 
     # Cached by `datasets` for file-backed data: a reward model pass over a

@@ -1,0 +1,143 @@
+"""Text to token ids, and token ids to batches: the one encoding every stage
+uses (preference training, the SFT stage, sampling prompts).
+
+Prompt and response are tokenized separately and joined, so no token merges
+across the boundary and the response mask is exact: the prompt gets the
+tokenizer's special tokens (BOS), the response ends in EOS.
+"""
+
+import hashlib
+import logging
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset
+
+log = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+TRUNCATION_FLAGS = ("truncated_prompt", "truncated_response")
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Prompt token ids with the tokenizer's special tokens (BOS), unless the
+    text already starts with BOS (a chat template that writes it itself)."""
+    bos = tokenizer.bos_token
+    return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+
+
+def encode_response(tokenizer, text: str) -> list[int]:
+    """Response ids ending in EOS (added unless the text, e.g. a chat turn, already ends with it)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids if ids[-1:] == [tokenizer.eos_token_id] else ids + [tokenizer.eos_token_id]
+
+
+def truncate(prompt: list[int], responses: list[list[int]], max_length: int, max_prompt_length: int):
+    """Keep the end of the prompt (at most max_prompt_length tokens, only when
+    the longest response would not fit) and the start of each response.
+    Returns (prompt, responses, prompt_truncated, response_truncated)."""
+    kept = prompt
+    if len(kept) + max(map(len, responses)) > max_length:
+        kept = kept[-max_prompt_length:]
+    room = max_length - len(kept)
+    return kept, [r[:room] for r in responses], len(kept) < len(prompt), max(map(len, responses)) > room
+
+
+def tokenize_pair(row: dict, tokenizer, max_length: int, max_prompt_length: int) -> dict:
+    """A preference row as token ids. As max_length > max_prompt_length, every
+    response keeps at least one token."""
+    prompt = encode_prompt(tokenizer, row["prompt"])
+    responses = [encode_response(tokenizer, row[key]) for key in ("chosen", "rejected")]
+    prompt, (chosen, rejected), prompt_cut, response_cut = truncate(prompt, responses, max_length, max_prompt_length)
+    return {"prompt_length": len(prompt), "chosen_input_ids": prompt + chosen, "rejected_input_ids": prompt + rejected,
+            "truncated_prompt": prompt_cut, "truncated_response": response_cut}
+
+
+def tokenize_demonstration(row: dict, tokenizer, max_length: int, max_prompt_length: int) -> dict:
+    """A (prompt, response) demonstration for the SFT stage, encoded exactly as
+    a preference pair's chosen side (tests hold the two to the same ids)."""
+    prompt = encode_prompt(tokenizer, row["prompt"])
+    prompt, (response,), _, _ = truncate(prompt, [encode_response(tokenizer, row["response"])], max_length,
+                                         max_prompt_length)
+    return {"input_ids": prompt + response, "prompt_length": len(prompt)}
+
+
+def tokenize_split(split: Dataset, tokenizer, max_length: int, max_prompt_length: int, num_proc, where: str):
+    """Tokenized pairs (a fingerprinted `datasets` map: cached for file-backed
+    data) and counts of what truncation did. Pairs whose chosen and rejected are
+    the same tokens after truncation are dropped: rho is 0 for them whatever the
+    policy, so they carry no gradient and would only dilute the metrics."""
+    fn_kwargs = dict(tokenizer=tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+    tokenized = split.map(tokenize_pair, fn_kwargs=fn_kwargs, remove_columns=list(TEXT_COLUMNS), num_proc=num_proc,
+                          desc=f"Tokenizing {where}")
+    report = {"pairs": len(tokenized), "prompt_truncated": sum(tokenized["truncated_prompt"]),
+              "response_truncated": sum(tokenized["truncated_response"])}
+    tokenized = tokenized.remove_columns(list(TRUNCATION_FLAGS)).filter(
+        lambda chosen, rejected: [c != r for c, r in zip(chosen, rejected)],
+        input_columns=["chosen_input_ids", "rejected_input_ids"], batched=True, num_proc=num_proc,
+    )
+    report["dropped_identical_after_truncation"] = report["pairs"] - len(tokenized)
+    report["kept"] = len(tokenized)
+    if report["dropped_identical_after_truncation"]:
+        log.warning("%s: dropped %d pairs whose chosen and rejected are the same tokens after truncation",
+                    where, report["dropped_identical_after_truncation"])
+    return tokenized, report
+
+
+def pad_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_token_id: int) -> dict:
+    """Right-pad to the longest sequence; response_mask marks the response tokens."""
+    width = max(map(len, sequences))
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    response_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for i, (sequence, prompt_length) in enumerate(zip(sequences, prompt_lengths)):
+        input_ids[i, : len(sequence)] = torch.tensor(sequence)
+        attention_mask[i, : len(sequence)] = 1
+        response_mask[i, prompt_length : len(sequence)] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+
+
+class PairCollator:
+    """Pads a batch of pairs into ONE tensor of 2B sequences (chosen rows, then
+    rejected rows) so the policy sees chosen and rejected in a single forward.
+    Per-pair numbers ride along: response lengths, `pair_id` (the row's index
+    over all splits, which cached reference log-probs are looked up by) and
+    any numeric column of the data (gold rewards)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        sequences = [row["chosen_input_ids"] for row in rows] + [row["rejected_input_ids"] for row in rows]
+        batch = pad_sequences(sequences, [row["prompt_length"] for row in rows] * 2, self.pad_token_id)
+        lengths = batch["response_mask"].sum(1).float()
+        batch["chosen_length"], batch["rejected_length"] = lengths.chunk(2)
+        for key, value in rows[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "prompt_length":
+                batch[key] = torch.tensor([row[key] for row in rows])
+        return batch
+
+
+DIGEST_ROWS = 100_000  # rows hashed at a time: bounded memory on large datasets
+
+
+def token_digest(dataset: Dataset, columns: tuple[str, ...]) -> str:
+    """sha256 of `columns` (token-id lists and integers) of every row, in
+    order: part of cache keys, because a config does not pin the data (a file
+    edited in place has the same path). Vectorised over Arrow buffers."""
+    import hashlib
+
+    import numpy as np
+    import pyarrow.compute as pc
+
+    digest = hashlib.sha256()
+    for table in dataset.select_columns(list(columns)).with_format("arrow").iter(batch_size=DIGEST_ROWS):
+        for name in columns:
+            column = table.column(name).combine_chunks()
+            is_list = str(column.type).startswith(("list", "large_list"))
+            parts = [pc.list_value_length(column), pc.list_flatten(column)] if is_list else [column]
+            for part in parts:
+                digest.update(name.encode())
+                digest.update(np.ascontiguousarray(part.to_numpy(zero_copy_only=False), dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,122 @@
+"""Lightning callbacks that measure a run: sample evaluation (KL, gold reward,
+win rate, and the offline regulariser, through training) and throughput."""
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ThroughputMonitor
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.strategies import FSDPStrategy
+
+from gpo.evaluation.sampling import evaluate_samples
+from gpo.summary import RunSummary
+
+log = logging.getLogger(__name__)
+
+
+class PairThroughput(ThroughputMonitor):
+    """Lightning's throughput monitor, counting preference pairs and (non-pad) tokens."""
+
+    def __init__(self, window_size: int = 20):
+        super().__init__(
+            batch_size_fn=lambda batch: batch["input_ids"].shape[0] // 2,
+            length_fn=lambda batch: int(batch["attention_mask"].sum()),
+            window_size=window_size,
+            separator="/",
+        )
+
+
+@torch.no_grad()
+def offline_regulariser(module, loader, max_batches: int | None = None) -> float | None:
+    """E_data[rho^2] / 2 over the validation pairs (rho: the policy/reference
+    log-ratio margin): the regulariser in the Taylor expansion of every GPO
+    loss, weighted by the offline data rather than by the policy's own
+    samples as KL(pi || pi_ref) is. None without reference log-probs."""
+    total, count, was_training = 0.0, 0, module.policy.training
+    module.policy.eval()
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            logps = module.pair_logps({k: v.to(module.device) for k, v in batch.items()})
+            if logps.reference_chosen is None:
+                return None
+            total += float((logps.margin.double() ** 2).sum())
+            count += len(logps.margin)
+    finally:
+        module.policy.train(was_training)
+    return total / count / 2 if count else None
+
+
+class SampleEvaluation(pl.Callback):
+    """Samples from policy and reference on held-out prompts (the data
+    module's `evaluation_prompts`) and measures KL(pi || pi_ref), gold reward
+    and win rate (when the data has a gold reward) and the offline regulariser:
+    at the end of training, and, with `every_n_steps`, also at step 0 and every
+    n steps, so one run draws its own gold-vs-KL path (Gao et al. 2023).
+
+    Sampling runs in a forked RNG, so evaluating more often does not change
+    training. Every evaluation goes to the loggers (at its step) and to the run
+    summary: the last as metrics, all of them as `trajectory`."""
+
+    def __init__(self, num_prompts: int = 128, max_new_tokens: int = 64, batch_size: int = 64,
+                 every_n_steps: int | None = None, trajectory_prompts: int | None = None,
+                 regulariser_batches: int | None = 16):
+        """`trajectory_prompts`: prompts for the evaluations before the last
+        (default `num_prompts`); `regulariser_batches`: validation batches the
+        offline regulariser is averaged over (None: all)."""
+        self.num_prompts, self.max_new_tokens = num_prompts, max_new_tokens
+        self.trajectory_prompts = trajectory_prompts or num_prompts
+        self.batch_size, self.every_n_steps = batch_size, every_n_steps
+        self.regulariser_batches = regulariser_batches
+        self.trajectory: list[dict[str, float]] = []
+
+    def setup(self, trainer, module, stage):
+        self.trajectory = []
+
+    def evaluate(self, trainer: pl.Trainer, module, final: bool = False) -> dict[str, float]:
+        if isinstance(trainer.strategy, FSDPStrategy):  # rank-0-only generation with sharded weights would hang
+            log.warning("Sample evaluation skipped under FSDP; evaluate the saved checkpoint on one device instead")
+            return {}
+        datamodule = trainer.datamodule
+        devices = [module.device] if module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            metrics, rows = evaluate_samples(
+                module.policy, module.reference, datamodule.tokenizer,
+                datamodule.evaluation_prompts(self.num_prompts if final else self.trajectory_prompts),
+                max_prompt_length=datamodule.max_prompt_length, max_new_tokens=self.max_new_tokens,
+                gold_reward=datamodule.gold_reward, batch_size=self.batch_size,
+            )
+        regulariser = offline_regulariser(module, datamodule.val_dataloader(), self.regulariser_batches)
+        if regulariser is not None:
+            metrics["eval/offline_regulariser"] = regulariser
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            if final and isinstance(logger, WandbLogger):
+                columns = list(rows[0])
+                logger.log_table("eval/samples", columns=columns, data=[[row[c] for c in columns] for row in rows])
+        self.trajectory.append({"step": trainer.global_step, **metrics})
+        log.info("Sample evaluation at step %d: %s", trainer.global_step,
+                 ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in metrics.items() if "stderr" not in k))
+        return metrics
+
+    def on_train_start(self, trainer, module):
+        if self.every_n_steps and trainer.is_global_zero:
+            self.evaluate(trainer, module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        fresh = not self.trajectory or step != self.trajectory[-1]["step"]  # several batches per step: once
+        due = self.every_n_steps and step % self.every_n_steps == 0 and fresh
+        if due and (trainer.max_steps < 0 or step < trainer.max_steps) and trainer.is_global_zero:
+            self.evaluate(trainer, module)  # the last step is evaluated by on_train_end
+
+    def on_train_end(self, trainer, module):
+        if trainer.is_global_zero:
+            self.evaluate(trainer, module, final=True)
+
+    def contribute(self, summary: RunSummary) -> None:
+        if self.trajectory:
+            summary.metrics.update({k: v for k, v in self.trajectory[-1].items() if k != "step"})
+            summary.trajectory = list(self.trajectory)

@@ -1,0 +1,72 @@
+"""The initial policy: the configured model after its SFT stage.
+
+It is both where preference training starts and, frozen, the reference. The
+SFT weights are a disk-cache entry keyed by the model config, the SFT
+settings and the token ids of the demonstrations, so every run of a sweep
+(and of later sweeps) shares one SFT stage; a reference built later in the run
+(for sampling, or as a frozen copy) loads the same weights.
+"""
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from gpo.cache import DiskCache, Outcome, digest
+from gpo.data.tokenization import token_digest
+from gpo.reference.sft import supervised_finetune
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.pt"
+
+
+class InitialPolicy:
+    def __init__(self, build: Callable[[], tuple[torch.nn.Module, object]], model_config, sft: dict,
+                 datamodule, cache: DiskCache, accelerator: str = "cpu"):
+        """`build()` makes a fresh (model, tokenizer) from `model_config` (the
+        conf/model policy node, the model's identity in cache keys); `sft`:
+        steps (0: none), lr, batch_size, seed."""
+        self.build, self.sft, self.datamodule, self.cache = build, dict(sft), datamodule, cache
+        self.accelerator = accelerator
+        self.model_key = digest(model_config)
+        self._sft_key = None
+
+    @property
+    def key(self) -> str:
+        """Identity of the initial policy's weights, for caches derived from it."""
+        return self.model_key if self.sft["steps"] <= 0 else self._sft_entry_key()
+
+    def _sft_entry_key(self) -> str:
+        if self._sft_key is None:
+            demonstrations = self.datamodule.demonstrations()
+            self._sft_key = digest(self.model_key, self.sft, token_digest(demonstrations, ("prompt_length", "input_ids")))
+        return self._sft_key
+
+    def prepare(self, model: torch.nn.Module) -> Outcome | None:
+        """Give `model` (just built) the SFT weights: trained once, then loaded."""
+        if self.sft["steps"] <= 0:
+            return None
+
+        def write(directory):
+            log.info("SFT stage: training %d steps on the demonstrations", self.sft["steps"])
+            supervised_finetune(model, self.datamodule.demonstrations(), self.datamodule.tokenizer.pad_token_id,
+                                accelerator=self.accelerator, **self.sft)
+            torch.save(model.state_dict(), directory / WEIGHTS)
+
+        _, outcome = self.cache.get_or_build("sft", self._sft_entry_key(), lambda path: self._load(model, path), write,
+                                             describe={"sft": self.sft})
+        log.info("SFT reference: %s in %.1f s (%s)", "trained" if outcome.status == "built" else "loaded from cache",
+                 outcome.seconds, outcome.path)
+        return outcome
+
+    @staticmethod
+    def _load(model: torch.nn.Module, path) -> None:
+        model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
+
+    def model(self) -> torch.nn.Module:
+        """A new copy of the initial policy, frozen: eval mode, no gradients."""
+        model, _ = self.build()
+        if self.sft["steps"] > 0:
+            self._load(model, self.cache.path("sft", self._sft_entry_key()))
+        return model.eval().requires_grad_(False)

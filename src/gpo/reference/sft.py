@@ -1,0 +1,42 @@
+"""A short supervised fine-tuning stage that turns a random-weight model into
+a sensible reference policy for the task (model.sft.steps > 0). It trains on
+the data module's demonstrations, encoded exactly as the preference pairs are."""
+
+import pytorch_lightning as pl
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from gpo.data.tokenization import pad_sequences
+from gpo.logprobs import sequence_logps
+
+
+class SFTModule(pl.LightningModule):
+    def __init__(self, model: torch.nn.Module, lr: float):
+        super().__init__()
+        self.model, self.lr = model, lr
+
+    def training_step(self, batch, batch_idx):
+        logps = sequence_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        return -logps.sum() / batch["response_mask"][:, 1:].sum()  # mean NLL per response token
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.model.parameters(), lr=self.lr)
+
+
+def supervised_finetune(model: torch.nn.Module, demonstrations: Dataset, pad_token_id: int, steps: int, lr: float,
+                        batch_size: int, seed: int, accelerator: str = "cpu") -> torch.nn.Module:
+    """Train `model` in place for `steps` steps on tokenized demonstrations
+    (input_ids, prompt_length), the loss on response tokens only."""
+    loader = DataLoader(
+        demonstrations.with_format(None),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=lambda rows: pad_sequences([r["input_ids"] for r in rows], [r["prompt_length"] for r in rows],
+                                              pad_token_id),
+    )
+    trainer = pl.Trainer(max_steps=steps, accelerator=accelerator, devices=1, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+    trainer.fit(SFTModule(model, lr), loader)
+    return model

@@ -1,0 +1,158 @@
+"""One training run, composed from the config; what src/train.py runs.
+
+Data flows one way:
+
+    model config -> (policy, tokenizer) -> data module (checked, tokenized)
+      -> initial policy (SFT stage, cached) -> reference (conf/reference)
+      -> GPOModule(policy, reference, loss) -> Lightning Trainer.fit
+      -> RunSummary (summary.json, W&B run summary)
+
+`train(cfg)` returns the summary; `run_job(cfg)` is the entry point's job:
+bad input in one line, any failure recorded in summary.json and W&B.
+"""
+
+import logging
+import sys
+import time
+from dataclasses import asdict
+
+import pytorch_lightning as pl
+import torch
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
+
+from gpo import console
+from gpo.cache import DiskCache
+from gpo.config import check_config, instantiate
+from gpo.errors import InputError
+from gpo.losses import GPOLoss, Squared
+from gpo.losses.base import link_ratio
+from gpo.models import device_for, with_lora
+from gpo.module import GPOModule
+from gpo.reference import InitialPolicy, NoReference
+from gpo.summary import FAILED, RunSummary, SummaryContributor
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> RunSummary:
+    start = time.perf_counter()
+    check_config(cfg)
+    console.configure(cfg.get("verbose", False))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg.num_threads)
+
+    build = instantiate(cfg.model.policy, _partial_=True)
+    policy, tokenizer = build()
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    datamodule.setup("fit")  # bad data fails here, before any compute
+    loss_fn = instantiate(cfg.loss)
+    initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
+                            cfg.trainer.accelerator)
+    stages = {"sft": initial.prepare(policy)}
+    policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
+    reference = instantiate(cfg.reference, initial=initial) if loss_fn.needs_reference else NoReference(initial)
+    if loss_fn.needs_reference and not reference.provides_logps:
+        raise InputError(f"loss={choice('loss', cfg)} needs reference log-probs; reference=none gives none")
+    stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
+    beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
+
+    module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler))
+    logger = instantiate(cfg.logger)
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
+    if hasattr(logger, "log_hyperparams"):
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
+    log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
+             cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
+    trainer.fit(module, datamodule=datamodule)
+
+    summary = RunSummary(
+        **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
+        theory=loss_fn.theory(), metrics={k: float(v) for k, v in sorted(trainer.callback_metrics.items())},
+        data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
+    )
+    for callback in trainer.callbacks:
+        if isinstance(callback, SummaryContributor):
+            callback.contribute(summary)
+    summary.wall_time_s = time.perf_counter() - start
+    if trainer.is_global_zero:  # under DDP every rank runs train(); rank 0's summary has the sample evaluation
+        summary.write(HydraConfig.get().runtime.output_dir)
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(summary.metrics)
+    if wandb.run is not None:  # the next job of a multirun in this process starts a fresh W&B run
+        wandb.finish()
+    report_outcome(summary.metrics)
+    return summary
+
+
+def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
+    """beta_scale=taylor|link multiplies beta per GPO family so that families
+    compare at the squared loss's (IPO's) local regularisation: taylor by
+    scale(squared)/scale(f) (the paper's f''(0)/|f'(0)| argument), link by the
+    link-function ratio on this data's preference probabilities (derived here).
+    Returns (beta, the scaling applied)."""
+    mode = cfg.get("beta_scale", "none")
+    if mode == "none":
+        return cfg.beta, mode
+    if not isinstance(loss_fn, GPOLoss) or not loss_fn.regularisation_scale > 0:
+        log.warning("beta_scale=%s: %s has no f''(0) > 0 to scale by; beta stays %g", mode, choice("loss", cfg), cfg.beta)
+        return cfg.beta, "none"
+    if mode == "taylor":
+        factor = Squared().regularisation_scale / loss_fn.regularisation_scale
+    else:
+        probabilities = datamodule.summary().get("preference_probabilities")
+        if not probabilities:
+            raise InputError("beta_scale=link needs the data's preference probabilities (the synthetic task, or "
+                             "data relabelled by a gold reward: data.relabel_temperature)")
+        p, weights = zip(*probabilities)
+        factor = link_ratio(loss_fn, Squared(), p, weights)
+    log.info("beta_scale=%s: beta %g x %.4g = %.4g", mode, cfg.beta, factor, cfg.beta * factor)
+    return cfg.beta * factor, mode
+
+
+def choice(group: str, cfg: DictConfig) -> str:
+    """The option chosen for a config group (e.g. loss=dpo), where Hydra ran the job."""
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.choices.get(group) or "?"
+    return "?"
+
+
+def identity(cfg: DictConfig) -> dict:
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return {"loss": choice("loss", cfg), "beta_requested": cfg.beta, "seed": cfg.seed, "overrides": overrides}
+
+
+def report_outcome(metrics: dict) -> None:
+    if "eval/gold_reward" in metrics:
+        policy, reference = metrics["eval/gold_reward"], metrics["eval/gold_reward_reference"]
+        log.info(
+            "Gold reward of samples: policy %.3f vs reference %.3f (%s); win rate %.3f; KL %.3f; val accuracy %.3f",
+            policy, reference, "went up" if policy > reference else "did not go up",
+            metrics["eval/win_rate"], metrics["eval/kl"], metrics.get("val/rewards/accuracies", float("nan")),
+        )
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """Train; on failure leave a record for the sweep report and close the W&B
+    run as failed (checkpoints and logs already written stay where they are).
+    Returns `optimized_metric` for Hydra sweepers."""
+    try:
+        summary = train(cfg)
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"
+        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=message).write(
+            HydraConfig.get().runtime.output_dir)
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # let the other jobs of the sweep run
+            log.error("Job failed: %s", message, exc_info=not isinstance(error, InputError))
+            return None
+        if isinstance(error, InputError):  # bad input: one clear line, no traceback
+            log.error("%s", error)
+            sys.exit(f"error: {error}")
+        raise
+    return summary.metrics.get(cfg.get("optimized_metric"))
