@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import wandb  # before anything imports Lightning: see src/train.py
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -56,7 +57,5 @@ def close_wandb_run():
     """A test whose in-process train() raised leaves its W&B run open (main()
     closes it in real use); close it so the next test's logger starts its own."""
     yield
-    import wandb
-
     if wandb.run is not None:
         wandb.finish(exit_code=1)

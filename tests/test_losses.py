@@ -28,13 +28,6 @@ LOSS_YAMLS = {p.stem: p for p in sorted((ROOT / "conf" / "loss").glob("*.yaml"))
 NAMES = sorted(LOSS_YAMLS)
 
 
-@pytest.fixture(autouse=True)
-def close_wandb_run():
-    """Overrides conftest's fixture of that name: nothing here starts a W&B run, and
-    importing wandb to check would cost seconds."""
-    yield
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Tiny tensors: threads only add overhead, a lot of it on a shared CPU."""

@@ -11,6 +11,10 @@ Data flows one way:
 bad input in one line, any failure recorded in summary.json and W&B.
 """
 
+# First: imported after Lightning, wandb's pydantic models take ~15 s longer to
+# build (their docstring extraction scans every loaded module).
+import wandb  # isort: skip
+
 import logging
 import sys
 import time
@@ -18,7 +22,6 @@ from dataclasses import asdict
 
 import pytorch_lightning as pl
 import torch
-import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf

@@ -145,8 +145,14 @@ def link_ratio(loss: GPOLoss, reference: GPOLoss, probabilities, weights=None) -
     to learn margins rho = t*(p)/beta of the same size on data whose pairs
     have preference probabilities p (weighted): sqrt(E[t*_loss(p)^2] /
     E[t*_reference(p)^2]). Matching E[rho^2] matches KL(pi || pi_ref) to
-    second order. Derived here (../docs/reproduction.md), not the paper's.
+    second order. Derived here (docs/reproduction.md), not the paper's.
     Near p = 1/2 it tends to the Taylor ratio scale(reference)/scale(loss)."""
     p = np.asarray(probabilities, dtype=np.float64)
     w = np.ones_like(p) if weights is None else np.asarray(weights, dtype=np.float64)
-    return float(np.sqrt((w * loss.link(p) ** 2).sum() / (w * reference.link(p) ** 2).sum()))
+    return rms_ratio(loss.link(p), reference.link(p), w)
+
+
+def rms_ratio(t_loss: np.ndarray, t_reference: np.ndarray, weights: np.ndarray) -> float:
+    """sqrt(E_w[t_loss^2] / E_w[t_reference^2]); NaN if the reference's is 0."""
+    reference = float(np.sum(weights * np.asarray(t_reference) ** 2))
+    return float(np.sqrt(np.sum(weights * np.asarray(t_loss) ** 2) / reference)) if reference > 0 else float("nan")

@@ -27,6 +27,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from gpo.losses.base import rms_ratio
 from gpo.report.analysis import per_group
 from gpo.report.load import finished
 from gpo.summary import FINISHED
@@ -92,8 +93,7 @@ def link_ratios(t_family: np.ndarray, t_reference: np.ndarray, weights: np.ndarr
     ref_sq = float(np.sum(weights * t_reference**2))
     if not ref_sq > 0:
         return np.nan, np.nan
-    return (float(np.sqrt(np.sum(weights * t_family**2) / ref_sq)),
-            float(np.sum(weights * t_family * t_reference) / ref_sq))
+    return rms_ratio(t_family, t_reference, weights), float(np.sum(weights * t_family * t_reference) / ref_sq)
 
 
 def _predictions(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
