@@ -28,12 +28,13 @@ python src/train.py -m experiment=overoptimisation loss=dpo,ipo "beta=$temperatu
     data.source.reward_temperature=2,4 "${parallel[@]}" hydra.sweep.dir="$dir/temperature" \
     '~hydra.callbacks.sweep_report' "$@"
 python src/report.py "$dir/families" > /dev/null
-python src/report.py "$dir" --by data.source.reward_temperature --no-plots > /dev/null
+python src/report.py "$dir" --by data.source.reward_temperature > /dev/null   # both parts, grouped by temperature
 mv "$dir/report.md" "$dir/temperature_report.md"; mv "$dir/report.csv" "$dir/temperature_report.csv"
 echo "Wall time: $(( $(date +%s) - start )) s for the runs and the reports"
 if [ "$figures" != none ]; then
     for figure in "$dir"/families/*.png; do
         cp "$figure" "$figures/overopt_$(basename "$figure")"
     done
+    cp "$dir/ratio_vs_data.source.reward_temperature.png" "$figures/overopt_ratio_vs_temperature.png"
 fi
 echo "Reports: $dir/families/report.md, $dir/temperature_report.md"

@@ -122,19 +122,27 @@ class GPOLoss(PreferenceLoss):
         response wins with probability p. Numerical: a grid over
         [-LINK_RANGE, LINK_RANGE], then golden-section refinement around the
         grid minimum (to ~1e-7: the objective is flat to second order at its
-        minimum; kinks, as the hinge's at t = 1, are found exactly)."""
+        minimum; kinks, as the hinge's at t = 1, are found exactly). Where the
+        minimum is a whole interval (the hinge at p = 1/2: any t in [-1, 1]),
+        its midpoint, which symmetry makes 0 at p = 1/2."""
         p = torch.as_tensor(np.asarray(p, dtype=np.float64)).reshape(-1, 1)
         objective = lambda t: p * self.f(t) + (1 - p) * self.f(-t)  # noqa: E731
         grid = torch.linspace(-LINK_RANGE, LINK_RANGE, LINK_GRID, dtype=torch.float64)
-        best = objective(grid.expand(len(p), -1)).argmin(dim=1)
+        values = objective(grid.expand(len(p), -1))
+        lowest = values.min(dim=1, keepdim=True).values
+        flat = values <= lowest + 1e-12 * (1 + lowest.abs())  # grid points at the minimum
+        first = flat.float().argmax(dim=1)
+        last = LINK_GRID - 1 - flat.flip(1).float().argmax(dim=1)
         step = grid[1] - grid[0]
-        lo, hi = grid[best] - step, grid[best] + step
+        lo, hi = grid[first] - step, grid[first] + step
         ratio = (5**0.5 - 1) / 2
         for _ in range(60):  # each step keeps 0.618 of the bracket: 2*step*0.618^60 ~ 3e-14
             a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
             left = objective(a[:, None])[:, 0] <= objective(b[:, None])[:, 0]
             hi, lo = torch.where(left, b, hi), torch.where(left, lo, a)
-        return ((lo + hi) / 2).numpy()
+        refined = (lo + hi) / 2
+        interval = last - first > 2  # a flat stretch, not one minimum the grid straddles
+        return torch.where(interval, (grid[first] + grid[last]) / 2, refined).numpy()
 
     def theory(self) -> dict[str, float]:
         return {"f0": self.f0, "df0": self.df0, "d2f0": self.d2f0, "regularisation_scale": self.regularisation_scale}
