@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gpo.errors import InputError
 from gpo.losses.base import GPOLoss
 from gpo.losses.families import exp_neg
 
@@ -19,7 +20,7 @@ from gpo.losses.families import exp_neg
 def _label_smoothing(eps: float, allow_zero: bool) -> float:
     eps = float(eps)
     if not ((0.0 <= eps if allow_zero else 0.0 < eps) and eps < 0.5):
-        raise ValueError(f"eps must lie in {'[0' if allow_zero else '(0'}, 0.5); got {eps}")
+        raise InputError(f"loss.eps must lie in {'[0' if allow_zero else '(0'}, 0.5); got {eps}")
     return eps
 
 
@@ -114,7 +115,7 @@ class DiscoPOP(GPOLoss):
     def __init__(self, tau: float = 0.05):
         super().__init__()
         if not tau > 0:
-            raise ValueError(f"tau must be > 0; got {tau}")
+            raise InputError(f"loss.tau must be > 0; got {tau}")
         self.tau = float(tau)
 
     def f(self, t):

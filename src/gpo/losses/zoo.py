@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from gpo.errors import InputError
 from gpo.losses.base import PairLogps, PreferenceLoss
 
 
@@ -52,7 +53,7 @@ class ChiPO(PreferenceLoss):
     def __init__(self, reward_bound: float = 10.0):
         super().__init__()
         if not (0 < reward_bound < math.inf):
-            raise ValueError(f"reward_bound must be positive and finite; got {reward_bound}")
+            raise InputError(f"loss.reward_bound must be positive and finite; got {reward_bound}")
         self.reward_bound = float(reward_bound)
 
     def forward(self, logps: PairLogps, beta: float) -> torch.Tensor:
@@ -259,12 +260,12 @@ class WeightedSum(PreferenceLoss):
     def __init__(self, terms: Sequence[Mapping]):
         super().__init__()
         if not terms:
-            raise ValueError("WeightedSum needs at least one {loss, weight} term")
+            raise InputError("loss.terms: WeightedSum needs at least one {loss, weight} term")
         losses, weights = [], []
         for term in terms:
             loss, weight = term["loss"], float(term.get("weight", 1.0))
             if not isinstance(loss, PreferenceLoss):
-                raise TypeError(f"WeightedSum term loss must be a PreferenceLoss; got {type(loss).__name__}")
+                raise InputError(f"loss.terms: each term's loss must be a preference loss; got {type(loss).__name__}")
             losses.append(loss)
             weights.append(weight)
         self.terms = torch.nn.ModuleList(losses)
