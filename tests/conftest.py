@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 import gpo.config  # noqa: F401  (registers the config resolvers)
+from gpo.run import finish_wandb
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -55,7 +56,7 @@ def compose_train(overrides=(), output_dir=None):
 @pytest.fixture(autouse=True)
 def close_wandb_run():
     """A test whose in-process train() raised leaves its W&B run open (main()
-    closes it in real use); close it so the next test's logger starts its own."""
+    closes it in real use); close it, and its W&B service, so the next test's
+    logger (or CLI subprocess) starts its own."""
     yield
-    if wandb.run is not None:
-        wandb.finish(exit_code=1)
+    finish_wandb(exit_code=1)

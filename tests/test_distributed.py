@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import wandb
 
 from conftest import ROOT, compose_train
 from gpo.wandb_offline import find_runs, read_run
@@ -34,7 +33,6 @@ def cli(run_dir, *overrides):
 
 def in_process(run_dir, *overrides):
     train(compose_train([*COMMON, *overrides], output_dir=run_dir))
-    wandb.finish()  # flush the offline run file before reading it
     (run,) = find_runs(str(run_dir))
     return read_run(run)
 

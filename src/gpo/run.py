@@ -86,10 +86,25 @@ def train(cfg: DictConfig) -> RunSummary:
         summary.write(HydraConfig.get().runtime.output_dir)
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(summary.metrics)
-    if wandb.run is not None:  # the next job of a multirun in this process starts a fresh W&B run
-        wandb.finish()
+    finish_wandb()  # the next job of a multirun in this process starts a fresh W&B run
     report_outcome(summary.metrics)
     return summary
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close this process's W&B run and wait until its files are written.
+
+    wandb.finish() returns once the W&B service (a separate process) has the
+    run's last record; the service writes and closes the run file after that,
+    so until then an offline run reads back empty or partial, for longer on a
+    loaded machine. Shutting the service down (wandb.teardown) waits for it.
+    That also takes WANDB_SERVICE out of os.environ: left there, it hands the
+    runs of every process started later from this one (a test's CLI
+    subprocess) to this process's service, and their exit no longer waits for
+    their files."""
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+    wandb.teardown()
 
 
 def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
@@ -149,8 +164,7 @@ def run_job(cfg: DictConfig) -> float | None:
         message = f"{type(error).__name__}: {error}"
         RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=message).write(
             HydraConfig.get().runtime.output_dir)
-        if wandb.run is not None:
-            wandb.finish(exit_code=1)
+        finish_wandb(exit_code=1)
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # let the other jobs of the sweep run
             log.error("Job failed: %s", message, exc_info=not isinstance(error, InputError))
             return None
