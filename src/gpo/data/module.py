@@ -20,7 +20,10 @@ from collections import Counter
 
 import pytorch_lightning as pl
 from datasets import Dataset
-from torch.utils.data import DataLoader, DistributedSampler
+import torch
+from torch.utils.data import DataLoader
+
+from gpo.checkpoints import ResumableLoader, ResumableSampler
 
 from gpo.data.chat import conversation_problem, render_conversations
 from gpo.data.gold import relabel
@@ -82,6 +85,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         num_proc: int | None = None,
         seed: int = 0,
         shuffle: bool = True,
+        shuffle_seed: int | None = None,
         strict: bool = False,
         gold_reward=None,
         relabel_temperature: float | None = None,
@@ -104,6 +108,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.val_fraction, self.num_workers, self.num_proc, self.seed = val_fraction, num_workers, num_proc, seed
         self.shuffle = shuffle  # False: fixed order (e.g. to compare runs across numbers of processes)
+        self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed  # the run's seed (gpo.run passes it)
         self.strict = strict
         self._gold_reward, self.relabel_temperature = gold_reward, relabel_temperature
         if relabel_temperature is not None and self.gold_reward is None:
@@ -185,24 +190,28 @@ class PreferenceDataModule(pl.LightningDataModule):
                         fn_kwargs=dict(tokenizer=self.tokenizer, max_length=self.max_length,
                                        max_prompt_length=self.max_prompt_length))
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
-        return DataLoader(
+    def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
+        # Loaders draw their workers' base seed from their own generator, not the global RNG, so
+        # iterating one does not shift the RNG stream a resumed run restores (gpo.checkpoints).
+        loader = ResumableLoader if sampler is not None else DataLoader
+        return loader(
             self.tokenized[split],
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
+            shuffle=False,
             num_workers=self.num_workers,
             collate_fn=PairCollator(self.tokenizer.pad_token_id),
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        if not self.shuffle and self.trainer is not None and self.trainer.world_size > 1:
-            # Lightning's automatic distributed sampler always shuffles training data; ours keeps the order.
-            sampler = DistributedSampler(
-                self.tokenized["train"], self.trainer.world_size, self.trainer.global_rank, shuffle=False
-            )
-            return self._loader("train", self.batch_size, shuffle=False, sampler=sampler)
-        return self._loader("train", self.batch_size, shuffle=self.shuffle)
+        # Epoch e's order is a permutation seeded by (shuffle_seed, e), this rank's share under DDP
+        # (Lightning keeps a DistributedSampler as it is), resumable mid-epoch.
+        trainer = self.trainer
+        sampler = ResumableSampler(self.tokenized["train"], num_replicas=trainer.world_size if trainer else 1,
+                                   rank=trainer.global_rank if trainer else 0, shuffle=self.shuffle,
+                                   seed=self.shuffle_seed)
+        return self._loader("train", self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", self.eval_batch_size, shuffle=False)
+        return self._loader("validation", self.eval_batch_size)
