@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FAST, SMALL_TASK, compose_train
 from gpo.config import group_options
+from gpo.logprobs import pair_logps
 from gpo.reference import InitialPolicy
 from gpo.run import train
 from gpo.summary import RunSummary
@@ -58,3 +61,25 @@ def test_dpo_raises_validation_accuracy_and_gold_reward(tmp_path):
     assert metrics["val/rewards/accuracies"] > 0.6
     assert metrics["eval/gold_reward"] > metrics["eval/gold_reward_reference"] + 0.5
     assert metrics["eval/win_rate"] > 0.6
+
+
+def test_the_trained_policy_is_saved_in_hugging_face_format(tmp_path):
+    """<run dir>/policy loads with transformers' Auto classes and gives the trained policy's log-probs."""
+    cfg = compose_train(["logger=csv", *FAST, *SMALL_TASK, "~callbacks.sample_evaluation"], output_dir=tmp_path)
+    summary = train(cfg)
+    assert summary.stages["export"]["path"] == str(tmp_path / "policy")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "policy").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "policy")
+
+    trained, _ = instantiate(cfg.model.policy)  # the weights of the last step (the final checkpoint)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    trained.load_state_dict({k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")})
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)  # the saved tokenizer encodes the data as training did
+    datamodule.setup()
+    batch = next(iter(datamodule.val_dataloader()))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.stack(pair_logps(exported, batch)), torch.stack(pair_logps(trained.eval(), batch)))
+
+    off = train(compose_train(["logger=csv", *FAST, *SMALL_TASK, "~callbacks.sample_evaluation", "export.policy=false",
+                               "trainer.max_steps=1"], output_dir=tmp_path / "off"))
+    assert "export" not in off.stages and not (tmp_path / "off" / "policy").exists()

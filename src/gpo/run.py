@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_only
 
 from gpo import console
@@ -39,8 +40,10 @@ from gpo.errors import InputError
 from gpo.losses import GPOLoss, Squared
 from gpo.losses.base import link_ratio
 from gpo.models import device_for, with_lora
+from gpo.export import export_policy
 from gpo.module import GPOModule
 from gpo.reference import InitialPolicy, NoReference
+from gpo.secrets import redact, redacted_argv
 from gpo.summary import FAILED, FILENAME, RunSummary, SummaryContributor
 
 log = logging.getLogger(__name__)
@@ -74,8 +77,9 @@ def train(cfg: DictConfig) -> RunSummary:
     module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler))
     logger = instantiate(cfg.logger, **wandb_resume(cfg.logger, run_dir))
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
-    if hasattr(logger, "log_hyperparams"):
-        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
+    if hasattr(logger, "log_hyperparams"):  # creates the W&B run, which records the command line: masked too
+        with redacted_argv():
+            logger.log_hyperparams(redact({**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta}))
     log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
              cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
     if checkpoint is not None:
@@ -92,8 +96,14 @@ def train(cfg: DictConfig) -> RunSummary:
     for callback in trainer.callbacks:
         if isinstance(callback, SummaryContributor):
             callback.contribute(summary)
-    summary.wall_time_s = time.perf_counter() - start
     if trainer.is_global_zero:  # under DDP every rank runs train(); rank 0's summary has the sample evaluation
+        export = cfg.get("export") or {}
+        if export.get("policy", False) and isinstance(trainer.strategy, FSDPStrategy):
+            log.warning("export.policy: skipped under FSDP (sharded weights); export from the checkpoint instead")
+        elif export.get("policy", False):
+            summary.stages["export"] = asdict(export_policy(module.policy, tokenizer, run_dir, export.get("merged", False)))
+    summary.wall_time_s = time.perf_counter() - start
+    if trainer.is_global_zero:
         summary.write(run_dir)
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(summary.metrics)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from gpo.secrets import redact
+
 FILENAME = "summary.json"
 FINISHED, FAILED = "finished", "failed"
 
@@ -41,11 +43,12 @@ class RunSummary:
         return self.status == FINISHED
 
     def write(self, directory: str | Path) -> Path:
-        """Atomically (temp file + rename): a reader never sees half a summary."""
+        """Atomically (temp file + rename): a reader never sees half a summary.
+        Secrets (in overrides, the loss config, an error message) are masked."""
         path = Path(directory) / FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{FILENAME}.", delete=False) as tmp:
-            json.dump(asdict(self), tmp, indent=2, default=float)
+            json.dump(redact(asdict(self)), tmp, indent=2, default=float)
         os.replace(tmp.name, path)
         return path
 
