@@ -130,3 +130,4 @@ def test_model_presets_name_a_hub_model_with_dtype_attention_and_checkpointing(p
     policy = compose_train([f"model={preset}", "model/lora=default"]).model.policy
     assert "/" in policy.name_or_path and policy.dtype and policy.attn_implementation == "sdpa"
     assert isinstance(policy.gradient_checkpointing, bool)
+    assert policy.trust_remote_code is False  # code shipped with a checkpoint runs only when asked for

@@ -71,6 +71,32 @@ class RedactSecrets(Callback):
             log.info("Secrets masked in %s", ", ".join(masked))
 
 
+class CheckOutputDir(Callback):
+    """The run (or sweep) directory must be creatable: one line naming it if
+    not, instead of Hydra's traceback from deep inside its job runner."""
+
+    def _check(self, config: DictConfig, key: str) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+
+        HydraConfig.instance().set_config(config)  # what Hydra does before resolving the directory itself
+        directory = Path(str(OmegaConf.select(config, key)))
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            raise SystemExit(f"error: {key}={directory} is not a writable directory ({error.strerror}); "
+                             f"set {key}=<a writable directory>") from None
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+
 class ListFailedJobs(Callback):
     """At the end of a multirun, log every job that failed or left no summary,
     so one failure in a long sweep is not lost in the other jobs' output."""

@@ -63,14 +63,16 @@ def train(cfg: DictConfig) -> RunSummary:
     policy, tokenizer = build()
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
     datamodule.setup("fit")  # bad data fails here, before any compute
+    datamodule.check_trainable()
     loss_fn = instantiate(cfg.loss)
     initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
                             cfg.trainer.accelerator)
-    stages = {"sft": initial.prepare(policy)}
-    policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
     reference = instantiate(cfg.reference, initial=initial) if loss_fn.needs_reference else NoReference(initial)
     if loss_fn.needs_reference and not reference.provides_logps:
         raise InputError(f"loss={choice('loss', cfg)} needs reference log-probs; reference=none gives none")
+    reference.check(lora=cfg.model.get("lora") is not None)  # before the SFT stage: bad input costs no compute
+    stages = {"sft": initial.prepare(policy)}
+    policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
     stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
     beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 

@@ -143,9 +143,6 @@ class PreferenceDataModule(pl.LightningDataModule):
                                                self.max_prompt_length, self.num_proc, where[name])
             if not len(tokenized):
                 raise DataError(f"{where[name]}: no usable pairs left ({counts})")
-            if name == "train" and len(tokenized) < self.batch_size:
-                log.warning("%s: %d pairs, fewer than one batch (data.batch_size=%d): every step sees them all",
-                            where[name], len(tokenized), self.batch_size)
             self.tokenized[name] = tokenized.add_column("pair_id", list(range(offset, offset + len(tokenized))))
             self.report.setdefault(name, {}).update(counts)
             offset += len(tokenized)
@@ -155,6 +152,14 @@ class PreferenceDataModule(pl.LightningDataModule):
                  sum(r["prompt_truncated"] + r["response_truncated"] for r in self.report.values()),
                  sum(sum(r.get("dropped", {}).values()) + r["dropped_identical_after_truncation"]
                      for r in self.report.values()))
+
+    def check_trainable(self) -> None:
+        """For training (gpo.run), not for inspecting data: at least one whole batch of training pairs.
+        With fewer, every step would see the whole data set: full-batch training, not the experiment asked for."""
+        pairs = len(self.tokenized["train"])
+        if pairs < self.batch_size:
+            raise DataError(f"{self.source.description} [train]: {pairs} training pairs, fewer than one batch "
+                            f"(data.batch_size={self.batch_size}): lower data.batch_size or add data")
 
     def _validate(self, data: dict[str, Dataset]) -> dict[str, Dataset]:
         out = {}
