@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import wandb  # before anything imports Lightning: see src/train.py
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -29,9 +30,20 @@ FAST = [
 SMALL_TASK = ["data.source.num_pairs=400"]
 
 
+# One torch thread in this process and (through OMP_NUM_THREADS) in every CLI
+# subprocess: the models are tiny, so a second thread buys nothing on a quiet
+# machine and, on a shared one, threads waiting on each other make steps 10-20x
+# slower (docs/sweeps.md). It also makes in-process and subprocess arithmetic the same.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory):
-    """One cache for the whole session: the SFT reference is trained once."""
+    """One cache for the whole session: the SFT reference is trained once.
+    The inner loop keeps it between sessions too:
+        GPO_TEST_CACHE_DIR=/tmp/gpo-test-cache python -m pytest -m "not slow"
+    """
     cache = os.environ.get("GPO_TEST_CACHE_DIR") or str(tmp_path_factory.mktemp("gpo-cache"))
     os.environ["GPO_CACHE_DIR"] = cache
     os.environ["WANDB_SILENT"] = "true"

@@ -23,7 +23,7 @@ from gpo.losses import Logistic
 from gpo.module import NonFiniteLossError
 from gpo.summary import RunSummary
 from gpo.wandb_offline import find_runs, read_run
-from gpo.run import train
+from gpo.run import run_job, train
 
 
 class NaNAfter(Logistic):
@@ -50,6 +50,7 @@ def test_beta_must_be_a_positive_number(tmp_path, beta):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_beta_in_one_line(tmp_path):
     result = cli("beta=abc", "logger=csv", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
@@ -141,10 +142,12 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()  # saved at step 2
 
 
-def test_cli_nan_loss_closes_wandb_run_as_failed(tmp_path):
-    result = cli("loss._target_=test_bad_input.NaNAfter", "+loss.step=3", *FAST, "trainer.max_steps=10",
-                 f"hydra.run.dir={tmp_path}")
-    assert result.returncode != 0 and "loss is nan at step 3" in result.stderr
+def test_a_job_with_a_nan_loss_records_it_and_closes_its_wandb_run_as_failed(tmp_path):
+    """run_job, what `python src/train.py` runs (in this process: the CLI's own path is test_cli_reports_bad_beta...)."""
+    cfg = compose_train(["loss._target_=test_bad_input.NaNAfter", "+loss.step=3", *FAST, "trainer.max_steps=10"],
+                        output_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 3"):
+        run_job(cfg)
     summary = RunSummary.read(tmp_path)
     assert summary.status == "failed" and "step 3" in summary.error
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()

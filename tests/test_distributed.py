@@ -41,6 +41,7 @@ def curve(run, key):
     return [row[key] for row in run["history"] if key in row]
 
 
+@pytest.mark.slow
 def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path):
     single = in_process(tmp_path / "single", "data.batch_size=8")
     ddp, ddp_dir = cli(tmp_path / "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",

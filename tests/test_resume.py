@@ -93,15 +93,8 @@ def comparable(summary: RunSummary) -> dict:
 
 
 @pytest.fixture(scope="module")
-def threads():
-    """Runs in this process and in subprocesses on one torch thread: bitwise the same arithmetic."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, threads):
+def uninterrupted(tmp_path_factory):
+    """(One torch thread here and in the subprocesses, conftest: bitwise the same arithmetic.)"""
     run_dir = tmp_path_factory.mktemp("uninterrupted")
     summary = train(compose_train([*RUN, "logger=csv"], output_dir=run_dir))
     assert [point["step"] for point in summary.trajectory] == [0, 4, 8, 12, 16]
@@ -275,7 +268,10 @@ def test_a_sweep_run_again_skips_finished_jobs_resumes_interrupted_ones_and_runs
 
 
 @pytest.mark.slow
-def test_an_optuna_study_stopped_after_two_trials_resumes_to_the_full_count(tmp_path):
+def test_the_optuna_preset_stopped_after_two_trials_resumes_to_the_full_count(tmp_path):
+    """hparams_search=optuna: trials sample the preset's space, the study lives in
+    <sweep dir>/optuna.db; killed in its third trial, the same command runs only
+    that trial again; the best value is the best trial's metric, as train.py returned it."""
     sweep, marker = tmp_path / "sweep", tmp_path / "paused"
     study = ["hparams_search=optuna", "hydra.sweeper.n_trials=3", "~hydra.callbacks.sweep_report",
              "~callbacks.sample_evaluation"]
@@ -292,10 +288,15 @@ def test_an_optuna_study_stopped_after_two_trials_resumes_to_the_full_count(tmp_
     trials = optuna.load_study(study_name="gpo", storage=storage).trials
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == 3 and complete[2].params == trials[2].params  # the interrupted trial, run again
-    finished = [RunSummary.read(p) for p in sweep.glob("*/summary.json")]
-    assert len(finished) == 3 and all(s.finished for s in finished)
+    summaries = {p.parent.name: RunSummary.read(p) for p in sweep.glob("*/summary.json")}
+    assert len(summaries) == 3 and all(s.finished for s in summaries.values())
+    lrs = [float(next(o for o in s.overrides if o.startswith("optimizer.lr=")).split("=")[1]) for s in summaries.values()]
+    assert all(0.01 <= s.beta <= 2.0 for s in summaries.values()) and all(1e-5 <= lr <= 1e-3 for lr in lrs)
+    assert {s.loss for s in summaries.values()} <= {"dpo", "ipo", "slic", "exponential", "truncated_quadratic", "savage"}
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert results["best_value"] == pytest.approx(max(t.value for t in complete))
+    assert set(results["best_params"]) == {"beta", "optimizer.lr", "loss"}
+    accuracies = [s.metrics["val/rewards/accuracies"] for s in summaries.values()]
+    assert results["best_value"] == pytest.approx(max(accuracies)) == pytest.approx(max(t.value for t in complete))
 
 
 def test_signal_callback_only_records_the_signal_until_a_step_ends():

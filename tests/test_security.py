@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import FAST, ROOT, SMALL_TASK
@@ -33,6 +34,7 @@ def test_redact_masks_by_key_and_by_look_and_keeps_the_rest():
     assert redact_text(f"https://x.org/?t={HF}&a=1") == f"https://x.org/?t={MASK}&a=1"
 
 
+@pytest.mark.slow
 def test_secrets_given_on_the_command_line_reach_no_file_the_run_writes(tmp_path):
     """W&B config and metadata (the command line), summary.json, .hydra/*.yaml, train.log: all masked."""
     run_dir = tmp_path / "run"

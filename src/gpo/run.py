@@ -86,7 +86,8 @@ def train(cfg: DictConfig) -> RunSummary:
              cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
     if checkpoint is not None:
         log.info("Resuming from %s", checkpoint)
-    with signal_handlers_kept():  # a checkpoint is data: weights_only (see also gpo.checkpoints.AtomicCheckpointIO)
+    # weights_only: a resumed checkpoint is data, never code; the process's own signal handlers back however fit ends.
+    with signal_handlers_kept():
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
 
     summary = RunSummary(
