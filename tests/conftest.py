@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import wandb  # before anything imports Lightning: see src/train.py
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -9,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 import gpo.config  # noqa: F401  (registers the config resolvers)
+from gpo.run import finish_wandb
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -28,9 +30,20 @@ FAST = [
 SMALL_TASK = ["data.source.num_pairs=400"]
 
 
+# One torch thread in this process and (through OMP_NUM_THREADS) in every CLI
+# subprocess: the models are tiny, so a second thread buys nothing on a quiet
+# machine and, on a shared one, threads waiting on each other make steps 10-20x
+# slower (docs/sweeps.md). It also makes in-process and subprocess arithmetic the same.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory):
-    """One cache for the whole session: the SFT reference is trained once."""
+    """One cache for the whole session: the SFT reference is trained once.
+    The inner loop keeps it between sessions too:
+        GPO_TEST_CACHE_DIR=/tmp/gpo-test-cache python -m pytest -m "not slow"
+    """
     cache = os.environ.get("GPO_TEST_CACHE_DIR") or str(tmp_path_factory.mktemp("gpo-cache"))
     os.environ["GPO_CACHE_DIR"] = cache
     os.environ["WANDB_SILENT"] = "true"
@@ -55,7 +68,7 @@ def compose_train(overrides=(), output_dir=None):
 @pytest.fixture(autouse=True)
 def close_wandb_run():
     """A test whose in-process train() raised leaves its W&B run open (main()
-    closes it in real use); close it so the next test's logger starts its own."""
+    closes it in real use); close it, and its W&B service, so the next test's
+    logger (or CLI subprocess) starts its own."""
     yield
-    if wandb.run is not None:
-        wandb.finish(exit_code=1)
+    finish_wandb(exit_code=1)

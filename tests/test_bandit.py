@@ -174,6 +174,7 @@ def test_gradient_descent_reaches_the_same_minimiser(bandit):
     torch.testing.assert_close(run["theta"][-1], solve(partial, Squared(), [1.0])[0], atol=1e-10, rtol=0)
 
 
+@pytest.mark.slow
 def test_script_writes_figures_and_results(tmp_path):
     overrides = [f"hydra.run.dir={tmp_path}", "betas.num=7", "trajectory.steps=200",
                  "trajectory.summary_steps=[10,200]", "solver.adam_steps=300"]

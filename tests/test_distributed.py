@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import wandb
 
 from conftest import ROOT, compose_train
 from gpo.wandb_offline import find_runs, read_run
@@ -34,7 +33,6 @@ def cli(run_dir, *overrides):
 
 def in_process(run_dir, *overrides):
     train(compose_train([*COMMON, *overrides], output_dir=run_dir))
-    wandb.finish()  # flush the offline run file before reading it
     (run,) = find_runs(str(run_dir))
     return read_run(run)
 
@@ -43,6 +41,7 @@ def curve(run, key):
     return [row[key] for row in run["history"] if key in row]
 
 
+@pytest.mark.slow
 def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path):
     single = in_process(tmp_path / "single", "data.batch_size=8")
     ddp, ddp_dir = cli(tmp_path / "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",

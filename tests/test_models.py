@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-import wandb
-from peft import LoraConfig
-from transformers import LlamaConfig
+from hydra.utils import instantiate
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from conftest import FAST, compose_train
 from gpo.data import PreferenceDataModule
@@ -65,7 +65,6 @@ def test_saved_model_trains_on_conversational_data_through_the_hf_option(tmp_pat
     cfg = compose_train(hf_overrides(saved_model, "data=ultrafeedback_binarized", f"data.source.path={data}",
                                      "data.val_fraction=0.2", "data.num_proc=null"), output_dir=tmp_path)
     summary = train(cfg)
-    wandb.finish()  # flush the offline run file before reading it
     assert summary.status == "finished"
     assert {"train/loss", "val/loss", "eval/kl"} <= set(summary.metrics)
     assert "eval/gold_reward" not in summary.metrics  # this data has no gold reward
@@ -77,7 +76,8 @@ def test_saved_model_trains_on_conversational_data_through_the_hf_option(tmp_pat
 
 def test_lora_trains_through_the_cli_and_evaluates_against_the_adapter_free_base(tmp_path, saved_model, pairs):
     cfg = compose_train(hf_overrides(saved_model, "data=preference", f"data.source.path={pairs}", "model/lora=default",
-                                     "model.lora.r=4", "optimizer.lr=3e-2", "logger=csv"), output_dir=tmp_path)
+                                     "model.lora.r=4", "optimizer.lr=3e-2", "logger=csv", "export.merged=true"),
+                        output_dir=tmp_path)
     summary = train(cfg)
     assert summary.status == "finished"
     assert cfg.reference._target_.endswith("AdapterReference")  # model/lora selects it
@@ -85,6 +85,20 @@ def test_lora_trains_through_the_cli_and_evaluates_against_the_adapter_free_base
     assert abs(summary.metrics["eval/kl"]) > 1e-4
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert any("lora_A" in key for key in state) and all(key.startswith("policy.") for key in state)
+
+    # Exported: the adapter on the base checkpoint, and the merged model; both are the trained policy.
+    trained = with_lora(pretrained_causal_lm(str(saved_model))[0], instantiate(cfg.model.lora))
+    trained.load_state_dict({k.removeprefix("policy."): v for k, v in state.items()}, strict=False)
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(saved_model), tmp_path / "policy")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "policy_merged")
+    dm = PreferenceDataModule(Preferences(path=str(pairs)), AutoTokenizer.from_pretrained(tmp_path / "policy"),
+                              max_length=64, max_prompt_length=48, batch_size=4)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        expected = torch.stack(pair_logps(trained.eval(), batch))
+        torch.testing.assert_close(torch.stack(pair_logps(adapter.eval(), batch)), expected)
+        torch.testing.assert_close(torch.stack(pair_logps(merged.eval(), batch)), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_lora_reference_logps_equal_the_frozen_base_model(tmp_path, saved_model, pairs):
@@ -116,3 +130,4 @@ def test_model_presets_name_a_hub_model_with_dtype_attention_and_checkpointing(p
     policy = compose_train([f"model={preset}", "model/lora=default"]).model.policy
     assert "/" in policy.name_or_path and policy.dtype and policy.attn_implementation == "sdpa"
     assert isinstance(policy.gradient_checkpointing, bool)
+    assert policy.trust_remote_code is False  # code shipped with a checkpoint runs only when asked for

@@ -151,3 +151,22 @@ def test_reference_logps_survive_a_cache_in_use_by_another_model(tmp_path, cache
     assert other.stages["reference"]["status"] == "built"
     assert other.stages["reference"]["path"] != first.stages["reference"]["path"]
     assert torch.isfinite(torch.tensor(other.metrics["val/loss"]))
+    # Another tokenizer (a smaller character set): other token ids, another entry again.
+    retokenized = run(tmp_path, "retokenized", f"cache_dir={cache_dir}", "~callbacks.sample_evaluation",
+                      "model.sft.steps=0", "+model.policy.alphabet=abcdefghijklmnop:")
+    assert retokenized.stages["reference"]["status"] == "built"
+    assert retokenized.stages["reference"]["path"] not in (first.stages["reference"]["path"],
+                                                           other.stages["reference"]["path"])
+
+
+def test_truncated_sft_weights_are_rebuilt_never_used(tmp_path, caplog):
+    """A crash while writing the SFT weights on a filesystem without atomic rename, or a damaged disk."""
+    args = [f"cache_dir={tmp_path / 'cache'}", "model.sft.steps=5", "reference=frozen", "~callbacks.sample_evaluation"]
+    first = run(tmp_path, "first", *args)
+    weights = os.path.join(first.stages["sft"]["path"], "model.pt")
+    with open(weights, "r+b") as handle:
+        handle.truncate(os.path.getsize(weights) // 2)
+    again = run(tmp_path, "again", *args)
+    assert first.stages["sft"]["status"] == again.stages["sft"]["status"] == "built"
+    assert "cannot be read" in caplog.text
+    assert again.metrics["val/loss"] == pytest.approx(first.metrics["val/loss"], rel=1e-6)

@@ -1,29 +1,18 @@
-"""End-to-end training through the real configs: every loss in conf/loss."""
+"""End-to-end training through the real configs (every loss: tests/test_multirun.py)."""
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FAST, SMALL_TASK, compose_train
-from gpo.config import group_options
+from gpo.logprobs import pair_logps
 from gpo.reference import InitialPolicy
 from gpo.run import train
-from gpo.summary import RunSummary
-
-LOSSES = sorted(group_options("loss"))  # a new conf/loss/*.yaml is covered without editing this file
 
 
-@pytest.mark.parametrize("name", LOSSES)
-def test_every_loss_trains_a_few_steps(tmp_path, name):
-    cfg = compose_train([f"loss={name}", "beta=0.5", "logger=csv", *FAST, *SMALL_TASK], output_dir=tmp_path)
-    summary = train(cfg)
-    assert summary.status == "finished" and summary.loss == name
-    for key in ["train/loss", "val/loss", "val/rewards/accuracies", "val/rewards/margins", "val/logps/chosen",
-                "train/grad_norm", "eval/kl", "eval/gold_reward", "eval/win_rate"]:
-        assert key in summary.metrics, key
-    assert all(torch.isfinite(torch.tensor(v)) for v in summary.metrics.values())
-    assert RunSummary.read(tmp_path) == summary
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert (summary.theory != {}) == ("regularisation_scale" in summary.theory)  # GPO families carry their theory
+
+# Every loss in conf/loss trains a few steps: tests/test_multirun.py (the README's sweep, one job per loss).
 
 
 def test_reference_is_frozen_and_not_in_checkpoint(tmp_path):
@@ -58,3 +47,25 @@ def test_dpo_raises_validation_accuracy_and_gold_reward(tmp_path):
     assert metrics["val/rewards/accuracies"] > 0.6
     assert metrics["eval/gold_reward"] > metrics["eval/gold_reward_reference"] + 0.5
     assert metrics["eval/win_rate"] > 0.6
+
+
+def test_the_trained_policy_is_saved_in_hugging_face_format(tmp_path):
+    """<run dir>/policy loads with transformers' Auto classes and gives the trained policy's log-probs."""
+    cfg = compose_train(["logger=csv", *FAST, *SMALL_TASK, "~callbacks.sample_evaluation"], output_dir=tmp_path)
+    summary = train(cfg)
+    assert summary.stages["export"]["path"] == str(tmp_path / "policy")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "policy").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "policy")
+
+    trained, _ = instantiate(cfg.model.policy)  # the weights of the last step (the final checkpoint)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    trained.load_state_dict({k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")})
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)  # the saved tokenizer encodes the data as training did
+    datamodule.setup()
+    batch = next(iter(datamodule.val_dataloader()))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.stack(pair_logps(exported, batch)), torch.stack(pair_logps(trained.eval(), batch)))
+
+    off = train(compose_train(["logger=csv", *FAST, *SMALL_TASK, "~callbacks.sample_evaluation", "export.policy=false",
+                               "trainer.max_steps=1"], output_dir=tmp_path / "off"))
+    assert "export" not in off.stages and not (tmp_path / "off" / "policy").exists()

@@ -24,6 +24,15 @@ def run_group() -> str:
 OmegaConf.register_new_resolver("run_group", run_group, replace=True)
 
 
+def resume_dir(resume, default: str) -> str:
+    """hydra.run.dir: the run directory `resume=<run dir>` names (the run
+    continues there), else `default` (resume=auto or false)."""
+    return default if resume in (None, False, "auto", "false", "never") else str(resume)
+
+
+OmegaConf.register_new_resolver("resume_dir", resume_dir, replace=True)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -1,6 +1,7 @@
-"""Hydra callbacks for multiruns (hydra.callbacks in conf/train.yaml and the
-launcher presets): list failed jobs and write the sweep report at the end of
-a sweep; give every local parallel job a GPU of its own."""
+"""Hydra callbacks (hydra.callbacks in conf/train.yaml and the launcher
+presets): mask secrets in the config files Hydra writes; list failed jobs and
+write the sweep report at the end of a sweep; give every local parallel job a
+GPU of its own."""
 
 import fcntl
 import logging
@@ -12,6 +13,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+import yaml
+
+from gpo.secrets import redact
 from gpo.summary import FILENAME, RunSummary
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,66 @@ def job_outcomes(sweep_dir: str | Path) -> dict[str, list[tuple[Path, str]]]:
         summary = RunSummary.read(summary_path)
         outcomes["finished" if summary.finished else "failed"].append((job_dir, summary.error or ""))
     return outcomes
+
+
+def redact_yaml_file(path: Path) -> bool:
+    """Mask secrets in a YAML file in place (atomically); True if it held any."""
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    masked = redact(content)
+    if masked == content:
+        return False
+    tmp = path.with_name(f".{path.name}.redacted")
+    tmp.write_text(yaml.safe_dump(masked, sort_keys=False, allow_unicode=True))
+    os.replace(tmp, path)
+    return True
+
+
+class RedactSecrets(Callback):
+    """Hydra writes the job's config, its own config and the overrides
+    (<run dir>/.hydra/*.yaml) and, in a multirun, <sweep dir>/multirun.yaml
+    before the job starts: mask the secrets in them (gpo.secrets) as it starts."""
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        files = []
+        if hydra_cfg.output_subdir is not None:
+            files += sorted((Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir).glob("*.yaml"))
+        if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+            files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+        masked = [str(path) for path in files if path.exists() and redact_yaml_file(path)]
+        if masked:
+            log.info("Secrets masked in %s", ", ".join(masked))
+
+
+class CheckOutputDir(Callback):
+    """The run (or sweep) directory must be creatable: one line naming it if
+    not, instead of Hydra's traceback from deep inside its job runner."""
+
+    def _check(self, config: DictConfig, key: str) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+
+        HydraConfig.instance().set_config(config)  # what Hydra does before resolving the directory itself
+        directory = Path(str(OmegaConf.select(config, key)))
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            raise SystemExit(f"error: {key}={directory} is not a writable directory ({error.strerror}); "
+                             f"set {key}=<a writable directory>") from None
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "hydra.sweep.dir")
 
 
 class ListFailedJobs(Callback):

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import grad_norm
 
+from gpo.checkpoints import restore_rng_state, rng_state
 from gpo.logprobs import pair_logps
 from gpo.losses import PairLogps, PreferenceLoss
 from gpo.reference import Reference
@@ -59,6 +60,7 @@ class GPOModule(pl.LightningModule):
         self.reference = reference
         self.beta = beta
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.resumed_from_step: int | None = None  # the checkpoint's step, when the run was resumed
 
     flops_per_batch = None  # unknown for an arbitrary model; tells ThroughputMonitor not to ask
 
@@ -98,6 +100,15 @@ class GPOModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         # Before gradient clipping: the norm the data actually produced.
         self.log("train/grad_norm", grad_norm(self.policy, norm_type=2)["grad_2.0_norm_total"])
+
+    def on_save_checkpoint(self, checkpoint):
+        # Lightning restores weights, optimizer, scheduler and loops; the global RNGs (dropout) are ours to keep.
+        checkpoint["rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint):
+        self.resumed_from_step = checkpoint["global_step"]
+        if "rng_state" in checkpoint:
+            restore_rng_state(checkpoint["rng_state"])
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)

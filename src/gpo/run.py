@@ -8,7 +8,8 @@ Data flows one way:
       -> RunSummary (summary.json, W&B run summary)
 
 `train(cfg)` returns the summary; `run_job(cfg)` is the entry point's job:
-bad input in one line, any failure recorded in summary.json and W&B.
+bad input in one line, any failure recorded in summary.json and W&B, a
+finished run skipped, an interrupted one resumed (`resume`, gpo/checkpoints.py).
 """
 
 # First: imported after Lightning, wandb's pydantic models take ~15 s longer to
@@ -16,9 +17,11 @@ bad input in one line, any failure recorded in summary.json and W&B.
 import wandb  # isort: skip
 
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -26,17 +29,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.strategies import FSDPStrategy
+from pytorch_lightning.utilities import rank_zero_only
 
 from gpo import console
 from gpo.cache import DiskCache
+from gpo.checkpoints import Interrupted, last_checkpoint, signal_handlers_kept
 from gpo.config import check_config, instantiate
 from gpo.errors import InputError
 from gpo.losses import GPOLoss, Squared
 from gpo.losses.base import link_ratio
 from gpo.models import device_for, with_lora
+from gpo.export import export_policy
 from gpo.module import GPOModule
 from gpo.reference import InitialPolicy, NoReference
-from gpo.summary import FAILED, RunSummary, SummaryContributor
+from gpo.secrets import redact, redacted_argv
+from gpo.summary import FAILED, FILENAME, RunSummary, SummaryContributor
 
 log = logging.getLogger(__name__)
 
@@ -45,51 +53,136 @@ def train(cfg: DictConfig) -> RunSummary:
     start = time.perf_counter()
     check_config(cfg)
     console.configure(cfg.get("verbose", False))
+    run_dir = HydraConfig.get().runtime.output_dir
+    checkpoint = resume_checkpoint(cfg, run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)
 
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
     datamodule.setup("fit")  # bad data fails here, before any compute
+    datamodule.check_trainable()
     loss_fn = instantiate(cfg.loss)
     initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
                             cfg.trainer.accelerator)
-    stages = {"sft": initial.prepare(policy)}
-    policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
     reference = instantiate(cfg.reference, initial=initial) if loss_fn.needs_reference else NoReference(initial)
     if loss_fn.needs_reference and not reference.provides_logps:
         raise InputError(f"loss={choice('loss', cfg)} needs reference log-probs; reference=none gives none")
+    reference.check(lora=cfg.model.get("lora") is not None)  # before the SFT stage: bad input costs no compute
+    stages = {"sft": initial.prepare(policy)}
+    policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
     stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
     beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 
     module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler))
-    logger = instantiate(cfg.logger)
+    logger = instantiate(cfg.logger, **wandb_resume(cfg.logger, run_dir))
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
-    if hasattr(logger, "log_hyperparams"):
-        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
+    if hasattr(logger, "log_hyperparams"):  # creates the W&B run, which records the command line: masked too
+        with redacted_argv():
+            logger.log_hyperparams(redact({**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta}))
     log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
              cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
-    trainer.fit(module, datamodule=datamodule)
+    if checkpoint is not None:
+        log.info("Resuming from %s", checkpoint)
+    # weights_only: a resumed checkpoint is data, never code; the process's own signal handlers back however fit ends.
+    with signal_handlers_kept():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
 
     summary = RunSummary(
         **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
         theory=loss_fn.theory(), metrics={k: float(v) for k, v in sorted(trainer.callback_metrics.items())},
         data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
+        resumed_from_step=module.resumed_from_step,
     )
     for callback in trainer.callbacks:
         if isinstance(callback, SummaryContributor):
             callback.contribute(summary)
-    summary.wall_time_s = time.perf_counter() - start
     if trainer.is_global_zero:  # under DDP every rank runs train(); rank 0's summary has the sample evaluation
-        summary.write(HydraConfig.get().runtime.output_dir)
+        export = cfg.get("export") or {}
+        if export.get("policy", False) and isinstance(trainer.strategy, FSDPStrategy):
+            log.warning("export.policy: skipped under FSDP (sharded weights); export from the checkpoint instead")
+        elif export.get("policy", False):
+            summary.stages["export"] = asdict(export_policy(module.policy, tokenizer, run_dir, export.get("merged", False)))
+    summary.wall_time_s = time.perf_counter() - start
+    if trainer.is_global_zero:
+        summary.write(run_dir)
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(summary.metrics)
-    if wandb.run is not None:  # the next job of a multirun in this process starts a fresh W&B run
-        wandb.finish()
+    finish_wandb()  # the next job of a multirun in this process starts a fresh W&B run
     report_outcome(summary.metrics)
     return summary
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close this process's W&B run and wait until its files are written.
+
+    wandb.finish() returns once the W&B service (a separate process) has the
+    run's last record; the service writes and closes the run file after that,
+    so until then an offline run reads back empty or partial, for longer on a
+    loaded machine. Shutting the service down (wandb.teardown) waits for it.
+    That also takes WANDB_SERVICE out of os.environ: left there, it hands the
+    runs of every process started later from this one (a test's CLI
+    subprocess) to this process's service, and their exit no longer waits for
+    their files."""
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+    wandb.teardown()
+
+
+RESUME_OFF = (False, None, "false", "never")
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: str) -> Path | None:
+    """The checkpoint this run continues from: `resume=auto` (default) the run
+    directory's checkpoints/last.ckpt if there is one (a re-run with a fixed
+    hydra.run.dir, a sweep re-run into its directory, a requeued job);
+    `resume=<run dir>` that directory's (hydra.run.dir follows it, see
+    conf/train.yaml), an error if it has none; `resume=false` none."""
+    mode = cfg.get("resume", "auto")
+    if mode in RESUME_OFF:
+        return None
+    if mode == "auto":
+        path = last_checkpoint(run_dir)
+        return path if path.exists() else None
+    path = last_checkpoint(mode)
+    if not path.exists():
+        raise InputError(f"resume={mode}: no checkpoint to resume from ({path} does not exist)")
+    return path
+
+
+def finished_run(cfg: DictConfig, run_dir: str) -> RunSummary | None:
+    """The summary of this run directory if it records a finished run (and resume is not off)."""
+    path = Path(run_dir) / FILENAME
+    if cfg.get("resume", "auto") in RESUME_OFF or not path.exists():
+        return None
+    try:
+        summary = RunSummary.read(path)
+    except (OSError, ValueError, TypeError):
+        return None
+    return summary if summary.finished else None
+
+
+WANDB_ID = "wandb_id"  # in the run directory: the W&B run id, so a resumed run continues the same W&B run
+
+
+def wandb_resume(logger_cfg: DictConfig, run_dir: str) -> dict:
+    """id and resume="allow" for a WandbLogger: the id stored in the run
+    directory, or a new one stored there (by rank 0: the only rank that logs)."""
+    if not str(logger_cfg.get("_target_", "")).endswith("WandbLogger") or logger_cfg.get("id"):
+        return {}
+    path = Path(run_dir) / WANDB_ID
+    if path.exists():
+        run_id = path.read_text().strip()
+    else:
+        run_id = wandb.util.generate_id()
+        if rank_zero_only.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{WANDB_ID}.{os.getpid()}")
+            tmp.write_text(run_id)
+            os.replace(tmp, path)
+    return {"id": run_id, "resume": "allow"}
 
 
 def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
@@ -142,15 +235,27 @@ def report_outcome(metrics: dict) -> None:
 def run_job(cfg: DictConfig) -> float | None:
     """Train; on failure leave a record for the sweep report and close the W&B
     run as failed (checkpoints and logs already written stay where they are).
-    Returns `optimized_metric` for Hydra sweepers."""
+    A run directory whose summary.json says finished is skipped (resume=false
+    trains it again). Returns `optimized_metric` for Hydra sweepers."""
+    run_dir = HydraConfig.get().runtime.output_dir
+    done = finished_run(cfg, run_dir)
+    if done is not None:
+        log.info("%s: finished already (summary.json); skipped (resume=false trains it again)", run_dir)
+        return done.metrics.get(cfg.get("optimized_metric"))
     try:
         summary = train(cfg)
+    except Interrupted as stop:  # a preemption signal: checkpointed at this step; requeue and stop the process
+        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=f"Interrupted: {stop}").write(run_dir)
+        if wandb.run is not None:
+            wandb.run.mark_preempting()
+        finish_wandb(exit_code=1)
+        log.warning("Interrupted: %s", stop)
+        stop.hand_over()
+        sys.exit(f"interrupted: {stop}")
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
-        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=message).write(
-            HydraConfig.get().runtime.output_dir)
-        if wandb.run is not None:
-            wandb.finish(exit_code=1)
+        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=message).write(run_dir)
+        finish_wandb(exit_code=1)
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # let the other jobs of the sweep run
             log.error("Job failed: %s", message, exc_info=not isinstance(error, InputError))
             return None

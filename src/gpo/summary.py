@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from gpo.secrets import redact
+
 FILENAME = "summary.json"
 FINISHED, FAILED = "finished", "failed"
 
@@ -33,6 +35,7 @@ class RunSummary:
     trajectory: list[dict[str, float]] = field(default_factory=list)  # eval/ metrics at "step", through training
     data: dict = field(default_factory=dict)  # per split: pairs kept, truncated, dropped; preference probabilities
     stages: dict = field(default_factory=dict)  # sft / reference: {"status": ..., "seconds": ...}
+    resumed_from_step: int | None = None  # the checkpoint's step when the run continued one (gpo.checkpoints)
     wall_time_s: float | None = None
 
     @property
@@ -40,11 +43,12 @@ class RunSummary:
         return self.status == FINISHED
 
     def write(self, directory: str | Path) -> Path:
-        """Atomically (temp file + rename): a reader never sees half a summary."""
+        """Atomically (temp file + rename): a reader never sees half a summary.
+        Secrets (in overrides, the loss config, an error message) are masked."""
         path = Path(directory) / FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{FILENAME}.", delete=False) as tmp:
-            json.dump(asdict(self), tmp, indent=2, default=float)
+            json.dump(redact(asdict(self)), tmp, indent=2, default=float)
         os.replace(tmp.name, path)
         return path
 

@@ -20,7 +20,10 @@ from collections import Counter
 
 import pytorch_lightning as pl
 from datasets import Dataset
-from torch.utils.data import DataLoader, DistributedSampler
+import torch
+from torch.utils.data import DataLoader
+
+from gpo.checkpoints import ResumableLoader, ResumableSampler
 
 from gpo.data.chat import conversation_problem, render_conversations
 from gpo.data.gold import relabel
@@ -82,6 +85,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         num_proc: int | None = None,
         seed: int = 0,
         shuffle: bool = True,
+        shuffle_seed: int | None = None,
         strict: bool = False,
         gold_reward=None,
         relabel_temperature: float | None = None,
@@ -104,6 +108,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.val_fraction, self.num_workers, self.num_proc, self.seed = val_fraction, num_workers, num_proc, seed
         self.shuffle = shuffle  # False: fixed order (e.g. to compare runs across numbers of processes)
+        self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed  # the run's seed (gpo.run passes it)
         self.strict = strict
         self._gold_reward, self.relabel_temperature = gold_reward, relabel_temperature
         if relabel_temperature is not None and self.gold_reward is None:
@@ -138,9 +143,6 @@ class PreferenceDataModule(pl.LightningDataModule):
                                                self.max_prompt_length, self.num_proc, where[name])
             if not len(tokenized):
                 raise DataError(f"{where[name]}: no usable pairs left ({counts})")
-            if name == "train" and len(tokenized) < self.batch_size:
-                log.warning("%s: %d pairs, fewer than one batch (data.batch_size=%d): every step sees them all",
-                            where[name], len(tokenized), self.batch_size)
             self.tokenized[name] = tokenized.add_column("pair_id", list(range(offset, offset + len(tokenized))))
             self.report.setdefault(name, {}).update(counts)
             offset += len(tokenized)
@@ -150,6 +152,14 @@ class PreferenceDataModule(pl.LightningDataModule):
                  sum(r["prompt_truncated"] + r["response_truncated"] for r in self.report.values()),
                  sum(sum(r.get("dropped", {}).values()) + r["dropped_identical_after_truncation"]
                      for r in self.report.values()))
+
+    def check_trainable(self) -> None:
+        """For training (gpo.run), not for inspecting data: at least one whole batch of training pairs.
+        With fewer, every step would see the whole data set: full-batch training, not the experiment asked for."""
+        pairs = len(self.tokenized["train"])
+        if pairs < self.batch_size:
+            raise DataError(f"{self.source.description} [train]: {pairs} training pairs, fewer than one batch "
+                            f"(data.batch_size={self.batch_size}): lower data.batch_size or add data")
 
     def _validate(self, data: dict[str, Dataset]) -> dict[str, Dataset]:
         out = {}
@@ -185,24 +195,28 @@ class PreferenceDataModule(pl.LightningDataModule):
                         fn_kwargs=dict(tokenizer=self.tokenizer, max_length=self.max_length,
                                        max_prompt_length=self.max_prompt_length))
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
-        return DataLoader(
+    def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
+        # Loaders draw their workers' base seed from their own generator, not the global RNG, so
+        # iterating one does not shift the RNG stream a resumed run restores (gpo.checkpoints).
+        loader = ResumableLoader if sampler is not None else DataLoader
+        return loader(
             self.tokenized[split],
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
+            shuffle=False,
             num_workers=self.num_workers,
             collate_fn=PairCollator(self.tokenizer.pad_token_id),
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        if not self.shuffle and self.trainer is not None and self.trainer.world_size > 1:
-            # Lightning's automatic distributed sampler always shuffles training data; ours keeps the order.
-            sampler = DistributedSampler(
-                self.tokenized["train"], self.trainer.world_size, self.trainer.global_rank, shuffle=False
-            )
-            return self._loader("train", self.batch_size, shuffle=False, sampler=sampler)
-        return self._loader("train", self.batch_size, shuffle=self.shuffle)
+        # Epoch e's order is a permutation seeded by (shuffle_seed, e), this rank's share under DDP
+        # (Lightning keeps a DistributedSampler as it is), resumable mid-epoch.
+        trainer = self.trainer
+        sampler = ResumableSampler(self.tokenized["train"], num_replicas=trainer.world_size if trainer else 1,
+                                   rank=trainer.global_rank if trainer else 0, shuffle=self.shuffle,
+                                   seed=self.shuffle_seed)
+        return self._loader("train", self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", self.eval_batch_size, shuffle=False)
+        return self._loader("validation", self.eval_batch_size)

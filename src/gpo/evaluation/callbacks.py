@@ -56,13 +56,15 @@ class SampleEvaluation(pl.Callback):
     at the end of training, and, with `every_n_steps`, also at step 0 and every
     n steps, so one run draws its own gold-vs-KL path (Gao et al. 2023).
 
-    Sampling runs in a forked RNG, so evaluating more often does not change
-    training. Every evaluation goes to the loggers (at its step) and to the run
-    summary: the last as metrics, all of them as `trajectory`."""
+    Sampling runs in a forked RNG seeded by (seed, step), so evaluating more
+    often does not change training, and an evaluation at a step draws the same
+    samples whether or not the run was resumed before it. Every evaluation
+    goes to the loggers (at its step) and to the run summary: the last as
+    metrics, all of them as `trajectory` (kept in checkpoints)."""
 
     def __init__(self, num_prompts: int = 128, max_new_tokens: int = 64, batch_size: int = 64,
                  every_n_steps: int | None = None, trajectory_prompts: int | None = None,
-                 regulariser_batches: int | None = 16):
+                 regulariser_batches: int | None = 16, seed: int = 0):
         """`trajectory_prompts`: prompts for the evaluations before the last
         (default `num_prompts`); `regulariser_batches`: validation batches the
         offline regulariser is averaged over (None: all)."""
@@ -70,10 +72,20 @@ class SampleEvaluation(pl.Callback):
         self.trajectory_prompts = trajectory_prompts or num_prompts
         self.batch_size, self.every_n_steps = batch_size, every_n_steps
         self.regulariser_batches = regulariser_batches
+        self.seed = seed
         self.trajectory: list[dict[str, float]] = []
 
     def setup(self, trainer, module, stage):
-        self.trajectory = []
+        self.trajectory = []  # before a checkpoint's state is loaded (load_state_dict)
+
+    def state_dict(self) -> dict:
+        return {"trajectory": self.trajectory}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.trajectory = list(state_dict.get("trajectory", []))
+
+    def _evaluated_at(self, step: int) -> bool:
+        return bool(self.trajectory) and self.trajectory[-1]["step"] == step
 
     def evaluate(self, trainer: pl.Trainer, module, final: bool = False) -> dict[str, float]:
         if isinstance(trainer.strategy, FSDPStrategy):  # rank-0-only generation with sharded weights would hang
@@ -82,6 +94,7 @@ class SampleEvaluation(pl.Callback):
         datamodule = trainer.datamodule
         devices = [module.device] if module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed * 1_000_003 + trainer.global_step)
             metrics, rows = evaluate_samples(
                 module.policy, module.reference, datamodule.tokenizer,
                 datamodule.evaluation_prompts(self.num_prompts if final else self.trajectory_prompts),
@@ -102,13 +115,14 @@ class SampleEvaluation(pl.Callback):
         return metrics
 
     def on_train_start(self, trainer, module):
-        if self.every_n_steps and trainer.is_global_zero:
+        step = trainer.global_step  # 0, or where a resumed run continues (evaluated already if it was due)
+        if self.every_n_steps and step % self.every_n_steps == 0 and trainer.is_global_zero and not self._evaluated_at(step):
             self.evaluate(trainer, module)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step
-        fresh = not self.trajectory or step != self.trajectory[-1]["step"]  # several batches per step: once
-        due = self.every_n_steps and step % self.every_n_steps == 0 and fresh
+        # several batches per step (gradient accumulation): once
+        due = self.every_n_steps and step % self.every_n_steps == 0 and not self._evaluated_at(step)
         if due and (trainer.max_steps < 0 or step < trainer.max_steps) and trainer.is_global_zero:
             self.evaluate(trainer, module)  # the last step is evaluated by on_train_end
 

@@ -34,6 +34,9 @@ class Reference:
         self.initial = initial
         self._model: torch.nn.Module | None = None
 
+    def check(self, lora: bool) -> None:
+        """Raise InputError if this reference cannot work with the configured policy (before any compute)."""
+
     def setup(self, policy: torch.nn.Module, datamodule, device: torch.device) -> Outcome | None:
         return None
 
@@ -114,10 +117,16 @@ class CachedReference(Reference):
 
 
 class AdapterReference(Reference):
+    NEEDS_LORA = ("reference=adapters needs a policy with LoRA adapters (model/lora=default); "
+                  "use reference=cached or reference=frozen otherwise")
+
+    def check(self, lora):
+        if not lora:
+            raise InputError(self.NEEDS_LORA)
+
     def setup(self, policy, datamodule, device):
         if not isinstance(policy, PeftModel):
-            raise InputError("reference=adapters needs a policy with LoRA adapters (model/lora=default); "
-                             "use reference=cached or reference=frozen otherwise")
+            raise InputError(self.NEEDS_LORA)
         self.policy = policy
 
     @contextmanager

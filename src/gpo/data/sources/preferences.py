@@ -37,6 +37,39 @@ def file_builder(path: str) -> str | None:
     return FILE_BUILDERS.get(os.path.splitext(stem)[1])
 
 
+OPENERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}  # compressions the standard library reads
+
+
+def check_text(path: str, chunk: int = 1 << 20) -> None:
+    """A JSON/CSV file (compressed or not) must be non-empty UTF-8 text:
+    checked in one streaming pass, so a bad byte is named with its offset
+    instead of surfacing later as a decoding error deep inside a reader."""
+    import codecs
+    import importlib
+
+    suffix = os.path.splitext(str(path).lower())[1]
+    if suffix in (".zst", ".zip"):  # read by datasets only; their errors are reported as they come
+        return
+    opener = importlib.import_module(OPENERS[suffix]).open if suffix in OPENERS else open
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    try:
+        with opener(path, "rb") as handle:
+            while block := handle.read(chunk):
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as error:
+                    raise DataError(f"{path}: not UTF-8 text (byte 0x{block[error.start]:02x} at offset "
+                                    f"{offset + error.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
+                offset += len(block)
+            decoder.decode(b"", final=True)
+    except (OSError, EOFError) as error:  # e.g. a truncated or mislabelled .gz
+        raise DataError(f"{path}: cannot read ({type(error).__name__}: {error})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text (truncated character at the end)") from None
+    if offset == 0:
+        raise DataError(f"{path}: the file is empty (after decompression)")
+
+
 def _as_list(files: str | Sequence[str]) -> list[str]:
     return [files] if isinstance(files, str) else list(files)
 
@@ -110,6 +143,8 @@ class Preferences:
                 raise DataError(f"{path}: data file not found")
             if os.path.getsize(path) == 0:
                 raise DataError(f"{path}: the file is empty")
+            if file_builder(path) in ("json", "csv"):
+                check_text(path)
         return file_builder(next(f for files in data_files.values() for f in _as_list(files)))
 
     @property

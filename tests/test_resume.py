@@ -1,0 +1,305 @@
+"""Nothing lost: a run killed (SIGKILL) or preempted (SIGUSR1/SIGTERM) midway
+resumes from its checkpoint to the same final metrics as an uninterrupted run;
+a sweep and an Optuna study run again into their directory continue; a
+checkpoint write killed midway leaves the previous checkpoint."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from lightning_fabric.plugins.io import TorchCheckpointIO, torch_io
+
+from conftest import FAST, ROOT, SMALL_TASK, compose_train
+from gpo.checkpoints import AtomicCheckpointIO, CheckpointOnSignal, Interrupted
+from gpo.errors import InputError
+from gpo.run import train
+from gpo.summary import RunSummary
+from gpo.wandb_offline import find_runs
+
+
+class PauseAt(pl.Callback):
+    """Test instrumentation, added from the command line (+callbacks.pause=...):
+    before training step `step` (of job `job_num` in a multirun), write
+    `marker` and wait until `release` exists (or for ever: until killed)."""
+
+    def __init__(self, step: int, marker: str, release: str | None = None, job_num: int | None = None,
+                 timeout_s: float = 300):
+        self.step, self.marker, self.release, self.job_num, self.timeout_s = step, marker, release, job_num, timeout_s
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step != self.step or (self.job_num is not None and HydraConfig.get().job.num != self.job_num):
+            return
+        Path(self.marker).write_text(str(os.getpid()))
+        deadline = time.monotonic() + self.timeout_s
+        while not (self.release and os.path.exists(self.release)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("PauseAt: never released nor killed")
+            time.sleep(0.05)
+
+
+class SignalAt(pl.Callback):
+    """Sends `signum` to this very process before training step `step`."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+# 360 training pairs, 32 a batch: 12 steps an epoch, so 16 steps cross an epoch boundary and a
+# kill at step 6 is mid-epoch. A checkpoint every 4 steps; the sample evaluation every 4 steps too.
+RUN = [*FAST, *SMALL_TASK, "trainer.max_steps=16", "trainer.val_check_interval=4",
+       "callbacks.sample_evaluation.every_n_steps=4", "num_threads=1", "~callbacks.throughput"]
+
+
+def env(**extra):
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT / 'src'}", "WANDB_SILENT": "true",
+            "OMP_NUM_THREADS": "1", **extra}
+
+
+def start(*args, **extra_env):
+    return subprocess.Popen([sys.executable, "src/train.py", *args], cwd=ROOT, env=env(**extra_env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"exited ({process.returncode}) before {path.name}:\n" + process.stderr.read()[-3000:])
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.1)
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+
+
+def comparable(summary: RunSummary) -> dict:
+    return {k: v for k, v in summary.metrics.items() if "device" not in k}  # throughput is timing
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(One torch thread here and in the subprocesses, conftest: bitwise the same arithmetic.)"""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    summary = train(compose_train([*RUN, "logger=csv"], output_dir=run_dir))
+    assert [point["step"] for point in summary.trajectory] == [0, 4, 8, 12, 16]
+    return summary
+
+
+def assert_same_run(resumed: RunSummary, reference: RunSummary):
+    assert comparable(resumed) == pytest.approx(comparable(reference), rel=1e-6, abs=1e-7)
+    assert resumed.trajectory == pytest.approx(reference.trajectory, rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_a_run_killed_midway_resumes_to_the_same_final_metrics(tmp_path, uninterrupted):
+    """SIGKILL after the step-4 checkpoint, mid-epoch; the same command resumes
+    (optimizer, scheduler, step, data order, RNG, evaluation trajectory) and
+    ends where the uninterrupted run ended. W&B continues the same run id."""
+    run_dir, marker = tmp_path / "run", tmp_path / "paused"
+    process = start(*RUN, f"hydra.run.dir={run_dir}", "+callbacks.pause._target_=test_resume.PauseAt",
+                    "+callbacks.pause.step=6", f"+callbacks.pause.marker={marker}")
+    wait_for(marker, process)
+    process.kill()  # SIGKILL: no handler runs
+    process.wait(timeout=60)
+    assert checkpoint_step(run_dir) == 4 and not (run_dir / "summary.json").exists()
+    first_id = (run_dir / "wandb_id").read_text()
+
+    resumed = train(compose_train(RUN, output_dir=run_dir))  # resume=auto: the directory's last.ckpt
+    assert resumed.status == "finished" and resumed.resumed_from_step == 4
+    assert_same_run(resumed, uninterrupted)
+    assert (run_dir / "wandb_id").read_text() == first_id
+    assert {Path(run).name.rsplit("-", 1)[1] for run in find_runs(str(run_dir))} == {first_id}  # one W&B run id
+
+
+@pytest.mark.slow
+def test_preemption_signal_checkpoints_the_current_step_requeues_and_resumes(tmp_path, uninterrupted):
+    """SIGUSR1 (SLURM's requeue signal) to a real run: the step in progress
+    ends, last.ckpt is written at that step (7, not the periodic 4), the run
+    stops with a record and requeues itself (scontrol, faked here); the
+    requeued job resumes from step 7 to the uninterrupted run's metrics."""
+    run_dir, marker, release = tmp_path / "run", tmp_path / "paused", tmp_path / "release"
+    bin_dir, requeues = tmp_path / "bin", tmp_path / "scontrol.log"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    process = start(*RUN, "logger=csv", f"hydra.run.dir={run_dir}", "+callbacks.pause._target_=test_resume.PauseAt",
+                    "+callbacks.pause.step=6", f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}",
+                    SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    wait_for(marker, process)
+    process.send_signal(signal.SIGUSR1)
+    release.touch()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0 and "interrupted: SIGUSR1 at step 7" in stderr, stderr[-3000:]
+    assert checkpoint_step(run_dir) == 7
+    record = RunSummary.read(run_dir)
+    assert record.status == "failed" and record.error.startswith("Interrupted: SIGUSR1 at step 7")
+    assert requeues.read_text().split() == ["requeue", "4242"]
+
+    resumed = train(compose_train([*RUN, "logger=csv"], output_dir=run_dir))  # what the requeued job runs
+    assert resumed.status == "finished" and resumed.resumed_from_step == 7
+    assert_same_run(resumed, uninterrupted)
+
+
+def test_sigterm_in_process_checkpoints_stops_and_restores_the_handlers(tmp_path, uninterrupted):
+    """SIGTERM (SLURM preemption; Lightning handles it too): same path, and the
+    process's own SIGTERM handling is back once the run has stopped."""
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = compose_train([*RUN, "logger=csv", "+callbacks.signal._target_=test_resume.SignalAt",
+                         "+callbacks.signal.step=9", f"+callbacks.signal.signum={int(signal.SIGTERM)}"],
+                        output_dir=tmp_path)
+    with pytest.raises(Interrupted, match="SIGTERM at step 10"):
+        train(cfg)
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert checkpoint_step(tmp_path) == 10
+    resumed = train(compose_train([*RUN, "logger=csv"], output_dir=tmp_path))
+    assert resumed.resumed_from_step == 10
+    assert_same_run(resumed, uninterrupted)
+
+
+def test_resume_false_starts_over_and_a_named_run_without_checkpoint_is_an_error(tmp_path):
+    cfg = compose_train([*FAST, *SMALL_TASK, "logger=csv", "~callbacks.sample_evaluation"], output_dir=tmp_path)
+    first = train(cfg)
+    again = train(compose_train([*FAST, *SMALL_TASK, "logger=csv", "~callbacks.sample_evaluation", "resume=false"],
+                                output_dir=tmp_path))
+    assert first.resumed_from_step is None and again.resumed_from_step is None
+    assert again.metrics["train/loss"] == pytest.approx(first.metrics["train/loss"], rel=1e-6)
+    with pytest.raises(InputError, match=r"resume=.*nowhere: no checkpoint to resume from"):
+        train(compose_train([*FAST, f"resume={tmp_path / 'nowhere'}"], output_dir=tmp_path / "other"))
+    assert compose_train([f"resume={tmp_path}"]) and HydraConfig.get().run.dir == str(tmp_path)  # the run continues there
+
+
+KILLER = """
+import io, os, signal, sys, torch
+from lightning_fabric.plugins.io import torch_io
+from gpo.checkpoints import AtomicCheckpointIO
+AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1), "weights": torch.zeros(1000)}, sys.argv[1])
+
+def killed_midway(checkpoint, path):  # Lightning's writer, killed after half the bytes
+    data = io.BytesIO()
+    torch.save(checkpoint, data)
+    with open(path, "wb") as f:
+        f.write(data.getvalue()[: len(data.getvalue()) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+torch_io._atomic_save = killed_midway
+AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(2), "weights": torch.ones(1000)}, sys.argv[1])
+"""
+
+
+def half_written(checkpoint, path):
+    """Lightning's checkpoint writer, failing after half the bytes (as a kill or a full disk would)."""
+    data = io.BytesIO()
+    torch.save(checkpoint, data)
+    with open(path, "wb") as f:
+        f.write(data.getvalue()[: len(data.getvalue()) // 2])
+    raise OSError("No space left on device")
+
+
+def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    done = subprocess.run([sys.executable, "-c", KILLER, str(path)], env=env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]  # really killed inside the write
+    assert int(AtomicCheckpointIO().load_checkpoint(path)["step"]) == 1  # the previous checkpoint, whole
+
+    # The same failure under Lightning's own writer, which truncates the previous checkpoint first: none left.
+    monkeypatch.setattr(torch_io, "_atomic_save", half_written)
+    for writer, name in [(AtomicCheckpointIO(), "atomic.ckpt"), (TorchCheckpointIO(), "lightning.ckpt")]:
+        monkeypatch.undo()
+        writer.save_checkpoint({"step": torch.tensor(1)}, tmp_path / name)
+        monkeypatch.setattr(torch_io, "_atomic_save", half_written)
+        with pytest.raises(OSError, match="No space"):
+            writer.save_checkpoint({"step": torch.tensor(2)}, tmp_path / name)
+    monkeypatch.undo()
+    assert int(torch.load(tmp_path / "atomic.ckpt", weights_only=True)["step"]) == 1
+    with pytest.raises(Exception):
+        torch.load(tmp_path / "lightning.ckpt", weights_only=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "atomic.ckpt", "last.ckpt", "lightning.ckpt"]  # the killed write's partial file is hidden, overwritten next time
+
+
+def multirun(sweep_dir, *overrides, wait=True):
+    command = ["-m", "logger=csv", "num_threads=1", *FAST, *SMALL_TASK, *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    process = start(*command)
+    if not wait:
+        return process
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return stdout + stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_run_again_skips_finished_jobs_resumes_interrupted_ones_and_runs_the_rest(tmp_path):
+    sweep, marker = tmp_path / "sweep", tmp_path / "paused"
+    grid = ["loss=dpo,ipo,slic", "~callbacks.sample_evaluation"]
+    process = multirun(sweep, *grid, "+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=3",
+                       "+callbacks.pause.job_num=1", f"+callbacks.pause.marker={marker}", wait=False)
+    wait_for(marker, process)
+    process.kill()  # the whole sweep dies in job 1, after its step-2 checkpoint
+    process.wait(timeout=60)
+    first = RunSummary.read(sweep / "0_dpo-beta0.1")
+    assert checkpoint_step(sweep / "1_ipo-beta0.1") == 2 and not (sweep / "2_slic-beta0.1").exists()
+
+    output = multirun(sweep, *grid)  # the same sweep, into the same directory
+    assert "finished already (summary.json); skipped" in output
+    assert RunSummary.read(sweep / "0_dpo-beta0.1") == first  # not run again
+    resumed, fresh = RunSummary.read(sweep / "1_ipo-beta0.1"), RunSummary.read(sweep / "2_slic-beta0.1")
+    assert resumed.finished and resumed.resumed_from_step == 2
+    assert fresh.finished and fresh.resumed_from_step is None
+    report = pd.read_csv(sweep / "report.csv")  # the end-of-sweep report covers all three
+    assert sorted(report["loss"]) == ["dpo", "ipo", "slic"] and (report["n_finished"] == 1).all()
+
+
+@pytest.mark.slow
+def test_the_optuna_preset_stopped_after_two_trials_resumes_to_the_full_count(tmp_path):
+    """hparams_search=optuna: trials sample the preset's space, the study lives in
+    <sweep dir>/optuna.db; killed in its third trial, the same command runs only
+    that trial again; the best value is the best trial's metric, as train.py returned it."""
+    sweep, marker = tmp_path / "sweep", tmp_path / "paused"
+    study = ["hparams_search=optuna", "hydra.sweeper.n_trials=3", "~hydra.callbacks.sweep_report",
+             "~callbacks.sample_evaluation"]
+    process = multirun(sweep, *study, "+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=1",
+                       "+callbacks.pause.job_num=2", f"+callbacks.pause.marker={marker}", wait=False)
+    wait_for(marker, process)
+    process.kill()  # two trials done, the third running
+    process.wait(timeout=60)
+    storage = f"sqlite:///{sweep}/optuna.db"
+    states = [t.state.name for t in optuna.load_study(study_name="gpo", storage=storage).trials]
+    assert states == ["COMPLETE", "COMPLETE", "RUNNING"]
+
+    multirun(sweep, *study)  # the same command: only the missing trial runs
+    trials = optuna.load_study(study_name="gpo", storage=storage).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3 and complete[2].params == trials[2].params  # the interrupted trial, run again
+    summaries = {p.parent.name: RunSummary.read(p) for p in sweep.glob("*/summary.json")}
+    assert len(summaries) == 3 and all(s.finished for s in summaries.values())
+    lrs = [float(next(o for o in s.overrides if o.startswith("optimizer.lr=")).split("=")[1]) for s in summaries.values()]
+    assert all(0.01 <= s.beta <= 2.0 for s in summaries.values()) and all(1e-5 <= lr <= 1e-3 for lr in lrs)
+    assert {s.loss for s in summaries.values()} <= {"dpo", "ipo", "slic", "exponential", "truncated_quadratic", "savage"}
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {"beta", "optimizer.lr", "loss"}
+    accuracies = [s.metrics["val/rewards/accuracies"] for s in summaries.values()]
+    assert results["best_value"] == pytest.approx(max(accuracies)) == pytest.approx(max(t.value for t in complete))
+
+
+def test_signal_callback_only_records_the_signal_until_a_step_ends():
+    callback = CheckpointOnSignal(signals=["SIGUSR2"])
+    callback._handle(signal.SIGUSR2, None)
+    assert callback.received == signal.SIGUSR2
