@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import grad_norm
 
-from gpo.logprobs import pair_logps
+from gpo.logprobs import LogProbs
 from gpo.losses import PairLogps, PreferenceLoss
 from gpo.reference import Reference
 
@@ -51,6 +51,7 @@ class GPOModule(pl.LightningModule):
         beta: float,
         optimizer: Callable,
         scheduler: Callable | None = None,
+        logprobs: LogProbs | None = None,
     ):
         super().__init__()
         self.policy = policy
@@ -59,11 +60,12 @@ class GPOModule(pl.LightningModule):
         self.reference = reference
         self.beta = beta
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.logprobs = logprobs or LogProbs()
 
     flops_per_batch = None  # unknown for an arbitrary model; tells ThroughputMonitor not to ask
 
     def pair_logps(self, batch) -> PairLogps:
-        policy_chosen, policy_rejected = pair_logps(self.policy, batch)
+        policy_chosen, policy_rejected = self.logprobs.pair_logps(self.policy, batch)
         reference_chosen, reference_rejected = self.reference.logps(batch)
         return PairLogps(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
                          batch["chosen_length"], batch["rejected_length"])

@@ -29,9 +29,10 @@ from pytorch_lightning.loggers import WandbLogger
 
 from gpo import console
 from gpo.cache import DiskCache
-from gpo.config import check_config, instantiate
+from gpo.config import check_config, instantiate, torch_threads
 from gpo.errors import InputError
 from gpo.losses import GPOLoss, Squared
+from gpo.logprobs import LogProbs
 from gpo.losses.base import link_ratio
 from gpo.models import device_for, with_lora
 from gpo.module import GPOModule
@@ -46,25 +47,30 @@ def train(cfg: DictConfig) -> RunSummary:
     check_config(cfg)
     console.configure(cfg.get("verbose", False))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.get("num_threads"):
-        torch.set_num_threads(cfg.num_threads)
+    threads = torch_threads(cfg.get("num_threads"))
+    if threads:
+        torch.set_num_threads(threads)
 
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # bad data fails here, before any compute
+    datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
+    logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
     loss_fn = instantiate(cfg.loss)
     initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
                             cfg.trainer.accelerator)
     stages = {"sft": initial.prepare(policy)}
     policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
-    reference = instantiate(cfg.reference, initial=initial) if loss_fn.needs_reference else NoReference(initial)
+    reference = (instantiate(cfg.reference, initial=initial, logprobs=logprobs) if loss_fn.needs_reference
+                 else NoReference(initial, logprobs))
     if loss_fn.needs_reference and not reference.provides_logps:
         raise InputError(f"loss={choice('loss', cfg)} needs reference log-probs; reference=none gives none")
     stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
     beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 
-    module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler))
+    module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
+                       logprobs)
     logger = instantiate(cfg.logger)
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
     if hasattr(logger, "log_hyperparams"):

@@ -16,16 +16,19 @@ format that cannot be split) are dropped and counted by reason, or, with
 """
 
 import logging
+import os
 from collections import Counter
 
 import pytorch_lightning as pl
 from datasets import Dataset
 from torch.utils.data import DataLoader, DistributedSampler
 
+from gpo.data.batching import LengthGroupedSampler, pair_lengths
 from gpo.data.chat import conversation_problem, render_conversations
 from gpo.data.gold import relabel
 from gpo.data.tokenization import TEXT_COLUMNS, PairCollator, tokenize_demonstration, tokenize_split
 from gpo.errors import DataError, InputError
+from gpo.models import packing_support
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +88,19 @@ class PreferenceDataModule(pl.LightningDataModule):
         strict: bool = False,
         gold_reward=None,
         relabel_temperature: float | None = None,
+        group_by_length: bool = True,
+        group_batches: int = 64,
+        packing: bool = True,
+        pack_length: int | None = None,
     ):
         """`gold_reward` (prompt, response) -> float replaces the source's own for
         evaluation (e.g. gpo.data.gold.RewardModelGold); with `relabel_temperature`
-        the pairs' labels are redrawn by Bradley-Terry on it (gpo.data.gold.relabel)."""
+        the pairs' labels are redrawn by Bradley-Terry on it (gpo.data.gold.relabel).
+        `group_by_length`: shuffled training batches of similar length
+        (gpo.data.batching; only with `shuffle`); `packing`: sequences end to
+        end without padding, in rows of `pack_length` tokens (null: the
+        batch's longest sequence; see gpo.data.tokenization.pack_sequences),
+        where the model can isolate packed sequences (`configure_packing`)."""
         super().__init__()
         if max_prompt_length >= max_length:
             raise InputError(
@@ -105,6 +117,8 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.val_fraction, self.num_workers, self.num_proc, self.seed = val_fraction, num_workers, num_proc, seed
         self.shuffle = shuffle  # False: fixed order (e.g. to compare runs across numbers of processes)
         self.strict = strict
+        self.group_by_length, self.group_batches = group_by_length, group_batches
+        self.packing, self.pack_length = packing, pack_length
         self._gold_reward, self.relabel_temperature = gold_reward, relabel_temperature
         if relabel_temperature is not None and self.gold_reward is None:
             raise InputError("data.relabel_temperature is set but there is no gold reward: set data.gold_reward")
@@ -185,6 +199,22 @@ class PreferenceDataModule(pl.LightningDataModule):
                         fn_kwargs=dict(tokenizer=self.tokenizer, max_length=self.max_length,
                                        max_prompt_length=self.max_prompt_length))
 
+    def configure_packing(self, model) -> None:
+        """Keep `packing` only if `model` can isolate packed sequences (else
+        pad, said in a log line); one row per batch for flash attention."""
+        if not self.packing:
+            return
+        layout = packing_support(model)
+        if layout is None:
+            self.packing = False
+            log.info("Packing: %s cannot keep sequences packed in one row apart (attention %s): padding batches "
+                     "instead", type(model).__name__, getattr(model.config, "_attn_implementation", "?"))
+        elif layout == "one_row" and self.pack_length is None:
+            self.pack_length = 0
+
+    def collator(self) -> PairCollator:
+        return PairCollator(self.tokenizer.pad_token_id, self.packing, self.pack_length)
+
     def _loader(self, split: str, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         return DataLoader(
             self.tokenized[split],
@@ -192,11 +222,17 @@ class PreferenceDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=PairCollator(self.tokenizer.pad_token_id),
+            collate_fn=self.collator(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        if not self.shuffle and self.trainer is not None and self.trainer.world_size > 1:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        if self.shuffle and self.group_by_length:
+            # Seeded like Lightning's own distributed sampler (by the run's seed), the same on every rank.
+            sampler = LengthGroupedSampler(pair_lengths(self.tokenized["train"]), self.batch_size, self.group_batches,
+                                           world, rank, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+            return self._loader("train", self.batch_size, shuffle=False, sampler=sampler)
+        if not self.shuffle and world > 1:
             # Lightning's automatic distributed sampler always shuffles training data; ours keeps the order.
             sampler = DistributedSampler(
                 self.tokenized["train"], self.trainer.world_size, self.trainer.global_rank, shuffle=False

@@ -98,20 +98,73 @@ def pad_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_tok
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
+def pack_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_token_id: int,
+                   row_length: int | None = None) -> dict:
+    """Padding-free layout: sequences placed end to end in rows of
+    `row_length` tokens (None: the longest sequence; 0: one row holding them
+    all, what flash-attention's varlen path needs), first-fit decreasing.
+    `position_ids` restart at 0 for every sequence, which is how transformers
+    tells packed sequences apart (block-causal masks under sdpa/eager,
+    varlen kernels under flash attention); `sequence_ids` maps each token
+    to its sequence (-1: the padding that ends a row, a block of its own).
+    Rows as wide as the longest sequence keep the attention cost that of a
+    padded batch while the other layers see (almost) no padding."""
+    lengths = list(map(len, sequences))
+    width = sum(lengths) if row_length == 0 else max(max(lengths), row_length or 0)
+    rows: list[list[int]] = []  # sequence indices per row
+    room: list[int] = []
+    for i in sorted(range(len(sequences)), key=lambda i: -lengths[i]):
+        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if row is None:
+            rows.append([]), room.append(width)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    sequence_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, members in enumerate(rows):
+        start = 0
+        for i in members:
+            end = start + lengths[i]
+            input_ids[r, start:end] = torch.tensor(sequences[i])
+            position_ids[r, start:end] = torch.arange(lengths[i])
+            sequence_ids[r, start:end] = i
+            response_mask[r, start + prompt_lengths[i]:end] = True
+            start = end
+        position_ids[r, start:] = torch.arange(width - start)
+    return {"input_ids": input_ids, "position_ids": position_ids, "sequence_ids": sequence_ids,
+            "response_mask": response_mask}
+
+
+def real_tokens(batch: dict) -> int:
+    """Non-padding tokens of a PairCollator batch, either layout."""
+    if "sequence_ids" in batch:
+        return int((batch["sequence_ids"] >= 0).sum())
+    return int(batch["attention_mask"].sum())
+
+
 class PairCollator:
-    """Pads a batch of pairs into ONE tensor of 2B sequences (chosen rows, then
-    rejected rows) so the policy sees chosen and rejected in a single forward.
+    """Batches pairs as ONE set of 2B sequences (chosen rows, then rejected
+    rows) so the policy sees chosen and rejected in a single forward: padded
+    to the longest (`attention_mask`), or with `packing` placed end to end
+    without padding (`position_ids`, `sequence_ids`; see pack_sequences).
     Per-pair numbers ride along: response lengths, `pair_id` (the row's index
     over all splits, which cached reference log-probs are looked up by) and
     any numeric column of the data (gold rewards)."""
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int, packing: bool = False, pack_length: int | None = None):
+        self.pad_token_id, self.packing, self.pack_length = pad_token_id, packing, pack_length
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         sequences = [row["chosen_input_ids"] for row in rows] + [row["rejected_input_ids"] for row in rows]
-        batch = pad_sequences(sequences, [row["prompt_length"] for row in rows] * 2, self.pad_token_id)
-        lengths = batch["response_mask"].sum(1).float()
+        prompt_lengths = [row["prompt_length"] for row in rows] * 2
+        if self.packing:
+            batch = pack_sequences(sequences, prompt_lengths, self.pad_token_id, self.pack_length)
+        else:
+            batch = pad_sequences(sequences, prompt_lengths, self.pad_token_id)
+        lengths = torch.tensor([len(s) - p for s, p in zip(sequences, prompt_lengths)], dtype=torch.float)
         batch["chosen_length"], batch["rejected_length"] = lengths.chunk(2)
         for key, value in rows[0].items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "prompt_length":

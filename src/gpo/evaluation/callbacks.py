@@ -9,6 +9,7 @@ from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.strategies import FSDPStrategy
 
+from gpo.data.tokenization import real_tokens
 from gpo.evaluation.sampling import evaluate_samples
 from gpo.summary import RunSummary
 
@@ -16,12 +17,12 @@ log = logging.getLogger(__name__)
 
 
 class PairThroughput(ThroughputMonitor):
-    """Lightning's throughput monitor, counting preference pairs and (non-pad) tokens."""
+    """Lightning's throughput monitor, counting preference pairs and real (non-pad) tokens."""
 
     def __init__(self, window_size: int = 20):
         super().__init__(
-            batch_size_fn=lambda batch: batch["input_ids"].shape[0] // 2,
-            length_fn=lambda batch: int(batch["attention_mask"].sum()),
+            batch_size_fn=lambda batch: len(batch["chosen_length"]),
+            length_fn=real_tokens,
             window_size=window_size,
             separator="/",
         )
