@@ -117,3 +117,12 @@ def packing_support(model: torch.nn.Module) -> str | None:
         return None
     tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2  # looser for half precision
     return "rows" if (packed - alone).abs().max() <= tolerance * alone.abs().max().clamp(min=1) else None
+
+
+def compile_policy(policy: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+    """torch.compile the policy's decoder in place (model.compile=true): the
+    module keeps its type, parameters and state_dict keys, so checkpoints,
+    LoRA and the chunked output head are unchanged. Dynamic shapes, because
+    batch widths vary from step to step (packing, length grouping)."""
+    policy.get_decoder().compile(dynamic=True, mode=mode)
+    return policy

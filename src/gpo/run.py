@@ -28,13 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from gpo import console
-from gpo.cache import DiskCache
+from gpo.cache import DiskCache, digest
 from gpo.config import check_config, instantiate, torch_threads
+from gpo.data.module import file_stamps
 from gpo.errors import InputError
 from gpo.losses import GPOLoss, Squared
 from gpo.logprobs import LogProbs
 from gpo.losses.base import link_ratio
-from gpo.models import device_for, with_lora
+from gpo.models import compile_policy, device_for, with_lora
 from gpo.module import GPOModule
 from gpo.reference import InitialPolicy, NoReference
 from gpo.summary import FAILED, RunSummary, SummaryContributor
@@ -54,6 +55,8 @@ def train(cfg: DictConfig) -> RunSummary:
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    # The next job of a multirun in this process reuses the prepared data (same configs, same files).
+    datamodule.reuse_key = digest(cfg.data, cfg.model.policy, file_stamps(cfg.data))
     datamodule.setup("fit")  # bad data fails here, before any compute
     datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
     logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
@@ -62,6 +65,8 @@ def train(cfg: DictConfig) -> RunSummary:
                             cfg.trainer.accelerator)
     stages = {"sft": initial.prepare(policy)}
     policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
+    if cfg.model.get("compile"):
+        compile_policy(policy)
     reference = (instantiate(cfg.reference, initial=initial, logprobs=logprobs) if loss_fn.needs_reference
                  else NoReference(initial, logprobs))
     if loss_fn.needs_reference and not reference.provides_logps:

@@ -15,12 +15,14 @@ format that cannot be split) are dropped and counted by reason, or, with
 `strict=True`, stop the run at the first one with its file and row.
 """
 
+import copy
 import logging
 import os
 from collections import Counter
 
 import pytorch_lightning as pl
 from datasets import Dataset
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
 from gpo.data.batching import LengthGroupedSampler, pair_lengths
@@ -31,6 +33,27 @@ from gpo.errors import DataError, InputError
 from gpo.models import packing_support
 
 log = logging.getLogger(__name__)
+
+# The last prepared data of this process, by `reuse_key`: the jobs of a multirun
+# that runs in one process (sequential, or a joblib worker's successive jobs)
+# mostly differ in loss and beta, not in data, and preparing it is most of a
+# short job's set-up (generating, checking, tokenizing thousands of pairs).
+_PREPARED: dict[str, dict] = {}
+
+
+def file_stamps(node) -> list:
+    """(path, size, mtime) of every existing file a config names: part of
+    `reuse_key`, so a data file edited between two jobs is read again."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, dict):
+        return [stamp for value in node.values() for stamp in file_stamps(value)]
+    if isinstance(node, list):
+        return [stamp for value in node for stamp in file_stamps(value)]
+    if isinstance(node, str) and os.path.isfile(node):
+        info = os.stat(node)
+        return [(node, info.st_size, info.st_mtime_ns)]
+    return []
 
 
 def row_problem(row: dict) -> str:
@@ -125,6 +148,9 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.text: dict[str, Dataset] = {}
         self.tokenized: dict[str, Dataset] = {}  # train then validation; `pair_id` runs over both in that order
         self.report: dict[str, dict] = {}  # per split: pairs read, dropped by reason, truncated, kept
+        # Set (gpo.run: a digest of the data and model configs) to reuse this process's last prepared data.
+        self.reuse_key: str | None = None
+        self._demonstrations: Dataset | None = None
 
     @property
     def gold_reward(self):
@@ -133,6 +159,20 @@ class PreferenceDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenized:
             return
+        prepared = _PREPARED.get(self.reuse_key) if self.reuse_key else None
+        if prepared is not None:
+            self.text, self.tokenized = dict(prepared["text"]), dict(prepared["tokenized"])
+            self.report, self._demonstrations = copy.deepcopy(prepared["report"]), prepared["demonstrations"]
+            log.info("Data: %s: %d train / %d validation pairs (prepared by an earlier job of this process)",
+                     self.source.description, len(self.tokenized["train"]), len(self.tokenized["validation"]))
+            return
+        self._prepare()
+        if self.reuse_key:
+            _PREPARED.clear()  # one entry: a sweep over data configs keeps no stale copies
+            _PREPARED[self.reuse_key] = {"text": dict(self.text), "tokenized": dict(self.tokenized),
+                                         "report": copy.deepcopy(self.report), "demonstrations": None}
+
+    def _prepare(self) -> None:
         data = self.source.preferences()
         if isinstance(data, Dataset):  # checked whole, then a validation share held out
             data = self._validate({"train": data})["train"]
@@ -190,14 +230,19 @@ class PreferenceDataModule(pl.LightningDataModule):
 
     def demonstrations(self) -> Dataset:
         """SFT data, tokenized as the pairs are: the task's own demonstrations,
-        else the preferred responses."""
-        if hasattr(self.source, "demonstrations"):
-            text = self.source.demonstrations()
-        else:
-            text = self.text["train"].select_columns(["prompt", "chosen"]).rename_column("chosen", "response")
-        return text.map(tokenize_demonstration, remove_columns=text.column_names, desc="Tokenizing demonstrations",
-                        fn_kwargs=dict(tokenizer=self.tokenizer, max_length=self.max_length,
-                                       max_prompt_length=self.max_prompt_length))
+        else the preferred responses. Made once (kept with the prepared data)."""
+        if self._demonstrations is None:
+            if hasattr(self.source, "demonstrations"):
+                text = self.source.demonstrations()
+            else:
+                text = self.text["train"].select_columns(["prompt", "chosen"]).rename_column("chosen", "response")
+            self._demonstrations = text.map(
+                tokenize_demonstration, remove_columns=text.column_names, desc="Tokenizing demonstrations",
+                fn_kwargs=dict(tokenizer=self.tokenizer, max_length=self.max_length,
+                               max_prompt_length=self.max_prompt_length))
+            if self.reuse_key in _PREPARED:
+                _PREPARED[self.reuse_key]["demonstrations"] = self._demonstrations
+        return self._demonstrations
 
     def configure_packing(self, model) -> None:
         """Keep `packing` only if `model` can isolate packed sequences (else

@@ -2,6 +2,7 @@
 win rate, and the offline regulariser, through training) and throughput."""
 
 import logging
+import time
 
 import pytorch_lightning as pl
 import torch
@@ -26,6 +27,27 @@ class PairThroughput(ThroughputMonitor):
             window_size=window_size,
             separator="/",
         )
+
+
+class StepTimes(pl.Callback):
+    """Wall time of every training step, measured end to end (batch end to
+    batch end: data loading, forward, backward, optimizer, logging), and the
+    real and padded tokens of each batch; recorded in the run summary as
+    `stages["training"]` (what benchmarks/training_speed.py reads)."""
+
+    def on_train_start(self, trainer, module):
+        self.start, self.ends, self.tokens, self.slots = time.perf_counter(), [], [], []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.ends.append(time.perf_counter())
+        self.tokens.append(real_tokens(batch))
+        self.slots.append(batch["input_ids"].numel())
+
+    def contribute(self, summary: RunSummary) -> None:
+        if getattr(self, "ends", None):
+            steps = [b - a for a, b in zip([self.start, *self.ends], self.ends)]
+            summary.stages["training"] = {"seconds": self.ends[-1] - self.start, "step_seconds": steps,
+                                          "real_tokens": sum(self.tokens), "batch_tokens": sum(self.slots)}
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
-"""Length-grouped batches: every pair once per epoch, batches of similar
-length, a new order every epoch, and under DDP each rank a share of the same
-global batches."""
+"""Less work per run: length-grouped batches (every pair once per epoch,
+batches of similar length, a new order every epoch, under DDP each rank a
+share of the same global batches), data prepared once per process for the
+jobs of a multirun, torch threads fitted to the parallel jobs."""
 
 import numpy as np
 import pytest
@@ -64,3 +65,41 @@ def test_num_threads_auto_divides_the_cores_among_parallel_jobs(monkeypatch):
     with pytest.raises(Exception, match="num_threads"):
         torch_threads(0)
     assert torch.get_num_threads() >= 1
+
+
+def test_jobs_in_one_process_reuse_prepared_data_unless_config_or_file_changes(tmp_path, caplog):
+    import json
+    import logging
+
+    from hydra.utils import instantiate
+
+    from conftest import compose_train
+    from gpo.cache import digest
+    from gpo.data.module import file_stamps
+    from gpo.models import char_tokenizer
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"q{i}:", "chosen": "yes" * (i % 5 + 1), "rejected": "no"})
+                              for i in range(40)))
+    tokenizer = char_tokenizer()
+
+    def prepare(*overrides):
+        cfg = compose_train(["data=jsonl", f"data.source.train_files={path}", *overrides])
+        datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+        datamodule.reuse_key = digest(cfg.data, cfg.model.policy, file_stamps(cfg.data))
+        with caplog.at_level(logging.INFO, logger="gpo.data.module"):
+            caplog.clear()
+            datamodule.setup()
+        return datamodule, "prepared by an earlier job" in caplog.text
+
+    first, reused = prepare()
+    assert not reused
+    demonstrations = first.demonstrations()
+    second, reused = prepare("beta=0.5")  # another job of the sweep: same data
+    assert reused and second.tokenized["train"]["chosen_input_ids"] == first.tokenized["train"]["chosen_input_ids"]
+    assert second.report == first.report and second.demonstrations() is demonstrations
+    _, reused = prepare("data.max_length=600")
+    assert not reused
+    path.write_text(path.read_text() + "\n" + json.dumps({"prompt": "new:", "chosen": "a", "rejected": "b"}))
+    third, reused = prepare("data.max_length=600")  # the file changed: read again
+    assert not reused and third.report["train"]["read"] == 41
