@@ -28,6 +28,7 @@ Configurations:
                   log-probs, cached reference), through the real config and Trainer
   project_padded  the same with the previous behaviour: padded batches in random
                   order, full-vocabulary float32 logits
+  project_compiled  the defaults plus model.compile=true (torch.compile, inductor)
   trl             TRL DPOTrainer, its best configuration: precompute_ref_log_probs=True
   trl_on_the_fly  TRL DPOTrainer with the reference model run on every batch
   bare            a bare PyTorch loop doing the project's computation (same batches,
@@ -48,7 +49,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["project", "project_padded", "trl", "trl_on_the_fly", "bare", "bare_padded"]
+CONFIGS = ["project", "project_padded", "project_compiled", "trl", "trl_on_the_fly", "bare", "bare_padded"]
 DEFAULT_CONFIGS = ["project", "project_padded", "trl", "bare", "bare_padded"]
 BATCH, MAX_LENGTH, MAX_PROMPT_LENGTH, BETA, LR, WARMUP = 8, 256, 192, 0.1, 1e-4, 10
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -135,7 +136,7 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def project_worker(args, padded: bool) -> dict:
+def project_worker(args, variant: str) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     import wandb  # noqa: F401  (before Lightning, as src/train.py)
     from hydra import compose, initialize_config_dir
@@ -158,8 +159,10 @@ def project_worker(args, padded: bool) -> dict:
     ]
     if args.device == "cuda":
         overrides += ["trainer.accelerator=gpu", "trainer.precision=32-true"]
-    if padded:
+    if variant == "project_padded":
         overrides += ["data.packing=false", "data.group_by_length=false", "logprobs.chunk_mb=null"]
+    elif variant == "project_compiled":
+        overrides += ["model.compile=true"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
@@ -299,7 +302,7 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     if args.config.startswith("project"):
-        result = project_worker(args, padded=args.config == "project_padded")
+        result = project_worker(args, args.config)
     elif args.config.startswith("trl"):
         result = trl_worker(args, precompute=args.config == "trl")
     else:

@@ -45,8 +45,9 @@ def chunked_token_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: to
     """log softmax(head(hidden))[targets] for [N, d] hidden states, `chunk_tokens`
     rows at a time. Under autograd every chunk is checkpointed: only its input
     (a slice of `hidden`) is kept, and its logits are recomputed in the
-    backward pass, so one chunk's logits is the most that is alive at once."""
-    if len(hidden) <= chunk_tokens and not torch.is_grad_enabled():
+    backward pass, so one chunk's logits is the most that is alive at once.
+    Tokens that fit in one chunk skip the recomputation: they are within budget."""
+    if len(hidden) <= chunk_tokens:
         return _head_logps(head, hidden, targets)
     out = []
     for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens)):

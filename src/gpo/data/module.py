@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from gpo.data.batching import LengthGroupedSampler, pair_lengths
 from gpo.data.chat import conversation_problem, render_conversations
 from gpo.data.gold import relabel
-from gpo.data.tokenization import TEXT_COLUMNS, PairCollator, tokenize_demonstration, tokenize_split
+from gpo.data.tokenization import TEXT_COLUMNS, PairCollator, tokenize_demonstrations, tokenize_split
 from gpo.errors import DataError, InputError
 from gpo.models import packing_support
 
@@ -237,7 +237,8 @@ class PreferenceDataModule(pl.LightningDataModule):
             else:
                 text = self.text["train"].select_columns(["prompt", "chosen"]).rename_column("chosen", "response")
             self._demonstrations = text.map(
-                tokenize_demonstration, remove_columns=text.column_names, desc="Tokenizing demonstrations",
+                tokenize_demonstrations, batched=True, remove_columns=text.column_names,
+                desc="Tokenizing demonstrations",
                 fn_kwargs=dict(tokenizer=self.tokenizer, max_length=self.max_length,
                                max_prompt_length=self.max_prompt_length))
             if self.reuse_key in _PREPARED:
