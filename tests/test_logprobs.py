@@ -77,6 +77,11 @@ def test_packed_rows_restart_positions_and_keep_per_pair_fields():
     padded = PairCollator(0)(rows)
     assert torch.equal(batch["chosen_length"], padded["chosen_length"])
     assert torch.equal(batch["rejected_length"], padded["rejected_length"])
+    # No two sequences fit in a row (equal lengths): packing would save nothing, so the batch is padded.
+    same = [{**row, "rejected_input_ids": row["chosen_input_ids"][:1] * len(row["chosen_input_ids"])} for row in rows]
+    same = [{**row, "chosen_input_ids": row["chosen_input_ids"] + [5] * (30 - len(row["chosen_input_ids"])),
+             "rejected_input_ids": [7] * 30} for row in same]
+    assert "attention_mask" in PairCollator(0, packing=True)(same)
 
 
 def test_chunked_head_matches_full_logits_in_value_and_gradient():

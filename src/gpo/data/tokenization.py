@@ -134,24 +134,13 @@ def pad_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_tok
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
-def pack_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_token_id: int,
-                   row_length: int | None = None) -> dict:
-    """Padding-free layout: sequences placed end to end in rows of
-    `row_length` tokens (None: the longest sequence; 0: one row holding them
-    all, what flash-attention's varlen path needs), first-fit decreasing.
-    `position_ids` restart at 0 for every sequence, which is how transformers
-    tells packed sequences apart (block-causal masks under sdpa/eager,
-    varlen kernels under flash attention); `sequence_ids` maps each token
-    to its sequence (-1: the padding that ends a row, a block of its own).
-    Rows as wide as the longest sequence keep the attention cost that of a
-    padded batch while the other layers see (almost) no padding."""
-    lengths = list(map(len, sequences))
-    width = sum(lengths) if row_length == 0 else max(max(lengths), row_length or 0)
-    rows: list[list[int]] = []  # sequence indices per row
+def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Sequence indices per row of `width` tokens, first-fit decreasing."""
+    rows: list[list[int]] = []
     room: list[int] = []
     open_rows: list[int] = []  # rows that can still take the shortest sequence, in order
     shortest = min(lengths)
-    for i in sorted(range(len(sequences)), key=lambda i: -lengths[i]):
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         row = next((r for r in open_rows if room[r] >= lengths[i]), None)
         if row is None:
             rows.append([]), room.append(width)
@@ -161,22 +150,51 @@ def pack_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_to
         room[row] -= lengths[i]
         if room[row] < shortest:  # full: never scanned again (keeps packing linear when rows fill up)
             open_rows.remove(row)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    sequence_ids = torch.full((len(rows), width), -1, dtype=torch.long)
-    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for r, members in enumerate(rows):
-        start = 0
-        for i in members:
-            end = start + lengths[i]
-            input_ids[r, start:end] = torch.tensor(sequences[i])
-            position_ids[r, start:end] = torch.arange(lengths[i])
-            sequence_ids[r, start:end] = i
-            response_mask[r, start + prompt_lengths[i]:end] = True
-            start = end
-        position_ids[r, start:] = torch.arange(width - start)
-    return {"input_ids": input_ids, "position_ids": position_ids, "sequence_ids": sequence_ids,
-            "response_mask": response_mask}
+    return rows
+
+
+def pack_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_token_id: int,
+                   row_length: int | None = None, rows: list[list[int]] | None = None) -> dict:
+    """Padding-free layout: sequences placed end to end in rows of
+    `row_length` tokens (None: the longest sequence; 0: one row holding them
+    all, what flash-attention's varlen path needs), first-fit decreasing
+    (or as `rows` says). `position_ids` restart at 0 for every sequence,
+    which is how transformers tells packed sequences apart (block-causal
+    masks under sdpa/eager, varlen kernels under flash attention);
+    `sequence_ids` maps each token to its sequence (-1: the padding that ends
+    a row, a block of its own). Rows as wide as the longest sequence keep the
+    attention cost that of a padded batch while the other layers see (almost)
+    no padding."""
+    lengths = np.array([len(s) for s in sequences])
+    width = int(lengths.sum()) if row_length == 0 else max(int(lengths.max()), row_length or 0)
+    rows = rows if rows is not None else pack_rows(lengths.tolist(), width)
+    # One flat pass instead of a tensor per sequence: where each sequence starts in the [rows x width] grid.
+    order = np.array([i for members in rows for i in members])
+    row_of = np.repeat(np.arange(len(rows)), [len(members) for members in rows])
+    offset_in_row = np.concatenate([np.cumsum([0] + [lengths[i] for i in members[:-1]]) for members in rows])
+    starts = row_of * width + offset_in_row
+    n = lengths[order]
+    token_sequence = np.repeat(order, n)  # the sequence of every real token, in grid order
+    position = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    where = np.repeat(starts, n) + position
+    size = len(rows) * width
+    input_ids = np.full(size, pad_token_id, dtype=np.int64)
+    input_ids[where] = np.fromiter((t for i in order for t in sequences[i]), dtype=np.int64, count=int(n.sum()))
+    sequence_ids = np.full(size, -1, dtype=np.int64)
+    sequence_ids[where] = token_sequence
+    response_mask = np.zeros(size, dtype=bool)
+    response_mask[where] = position >= np.asarray(prompt_lengths)[token_sequence]
+    position_ids = np.zeros(size, dtype=np.int64)
+    position_ids[where] = position
+    pad = np.ones(size, dtype=bool)
+    pad[where] = False
+    if pad.any():  # the padding that ends a row counts from 0: a block of its own, attending to nothing real
+        used = np.bincount(row_of, weights=n, minlength=len(rows)).astype(np.int64)  # tokens in each row
+        position_ids[pad] = (np.arange(size) % width - np.repeat(used, width))[pad]
+    shape = (len(rows), width)
+    return {key: torch.from_numpy(value).view(shape) for key, value in (
+        ("input_ids", input_ids), ("position_ids", position_ids), ("sequence_ids", sequence_ids),
+        ("response_mask", response_mask))}
 
 
 def real_tokens(batch: dict) -> int:
@@ -201,9 +219,14 @@ class PairCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         sequences = [row["chosen_input_ids"] for row in rows] + [row["rejected_input_ids"] for row in rows]
         prompt_lengths = [row["prompt_length"] for row in rows] * 2
+        packed_rows = None
         if self.packing:
-            batch = pack_sequences(sequences, prompt_lengths, self.pad_token_id, self.pack_length)
-        else:
+            lengths = [len(s) for s in sequences]
+            width = sum(lengths) if self.pack_length == 0 else max(max(lengths), self.pack_length or 0)
+            packed_rows = pack_rows(lengths, width)
+        if packed_rows is not None and len(packed_rows) < len(sequences):
+            batch = pack_sequences(sequences, prompt_lengths, self.pad_token_id, self.pack_length, packed_rows)
+        else:  # packing off, or no two sequences fit in one row: padding is the same work with a simpler mask
             batch = pad_sequences(sequences, prompt_lengths, self.pad_token_id)
         lengths = torch.tensor([len(s) - p for s, p in zip(sequences, prompt_lengths)], dtype=torch.float)
         batch["chosen_length"], batch["rejected_length"] = lengths.chunk(2)
