@@ -53,6 +53,7 @@ def test_num_threads_auto_divides_the_cores_among_parallel_jobs(monkeypatch):
     from omegaconf import OmegaConf
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert torch_threads(None) is None and torch_threads(3) == 3
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
     for mode, n_jobs, threads in [("RUN", 4, 8), ("MULTIRUN", 4, 2), ("MULTIRUN", 16, 1), ("MULTIRUN", None, 8)]:
@@ -62,6 +63,9 @@ def test_num_threads_auto_divides_the_cores_among_parallel_jobs(monkeypatch):
         config.mode = RunMode[mode]
         monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda c=config: c))
         assert torch_threads("auto") == threads, (mode, n_jobs)
+    assert torch_threads("auto", cpu_processes=2) == 4  # DDP on 2 CPU processes, one job
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a launcher's choice is kept
+    assert torch_threads("auto") == 3
     with pytest.raises(Exception, match="num_threads"):
         torch_threads(0)
     assert torch.get_num_threads() >= 1

@@ -48,7 +48,9 @@ def train(cfg: DictConfig) -> RunSummary:
     check_config(cfg)
     console.configure(cfg.get("verbose", False))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    threads = torch_threads(cfg.get("num_threads"))
+    devices = cfg.trainer.get("devices", 1)
+    threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
+                            isinstance(devices, int) else 1)
     if threads:
         torch.set_num_threads(threads)
 
