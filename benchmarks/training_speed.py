@@ -380,13 +380,13 @@ def table(runs: dict, steps: int, args, load) -> str:
         f"{args.threads} torch thread(s); medians of {args.repeats} interleaved repeats; "
         f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min) on {os.cpu_count()} cores",
         "",
-        "| configuration | real tokens/s | vs TRL | vs bare loop | epoch (s) [min-max] | median step (s) | "
+        "| configuration | real tokens/s | tokens/s vs TRL | time vs bare loop | epoch (s) [min-max] | median step (s) | "
         "real tokens in batches | reference log-probs (s) | peak memory (MiB) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for config, m in s.items():
         vs_trl = f"{m['tokens_s'] / trl:.2f}x" if trl else "-"
-        vs_bare = f"{bare / m['tokens_s']:.3f}x slower" if bare and config != "bare" else "-"
+        vs_bare = f"{bare / m['tokens_s']:.2f}x" if bare and config != "bare" else "-"
         lines.append(f"| {config} | {m['tokens_s']:.0f} | {vs_trl} | {vs_bare} | {m['epoch_s']:.1f} "
                      f"[{m['spread'][0]:.1f}-{m['spread'][1]:.1f}] | {m['step_s']:.3f} | {m['real_share']:.0%} | "
                      f"{m['reference_s']:.1f} | {m['memory']:.0f} |")
