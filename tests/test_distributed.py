@@ -4,6 +4,7 @@ against 1 process (in-process, same configs) with the same global batch and data
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +23,17 @@ COMMON = [
 ]
 
 
-def cli(run_dir, *overrides):
+def cli(run_dir, *overrides, common=COMMON):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "src/train.py", *COMMON, *overrides, f"hydra.run.dir={run_dir}"],
+    result = subprocess.run([sys.executable, "src/train.py", *common, *overrides, f"hydra.run.dir={run_dir}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = find_runs(str(run_dir))  # W&B: one run, written by rank 0 only
     return read_run(run), run
 
 
-def in_process(run_dir, *overrides):
-    train(compose_train([*COMMON, *overrides], output_dir=run_dir))
+def in_process(run_dir, *overrides, common=COMMON):
+    train(compose_train([*common, *overrides], output_dir=run_dir))
     (run,) = find_runs(str(run_dir))
     return read_run(run)
 
@@ -61,6 +62,25 @@ def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp
     table = json.loads((Path(ddp_dir) / "files" / table_path).read_text())
     assert table["columns"] == ["prompt", "policy", "reference", "gold_policy", "gold_reference"]
     assert len(table["data"]) == 6
+
+
+def test_ddp_with_packing_and_length_grouping_matches_one_process(tmp_path):
+    """Shuffled, length-grouped, packed batches: the same global batches on 1
+    and 2 processes (each rank packs its share), so the same training curve."""
+    rng = random.Random(0)
+    words = lambda n: " ".join(rng.choice(["yes", "no", "maybe", "a", "longer one"]) for _ in range(n))  # noqa: E731
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": words(rng.randint(1, 6)), "chosen": words(rng.randint(1, 10)),
+                                         "rejected": words(rng.randint(1, 10))}) + "\n" for _ in range(200)))
+    common = [o for o in COMMON if not o.startswith(("data.", "callbacks.sample"))] + [
+        "data=jsonl", f"data.source.train_files={pairs}", "data.max_length=96", "data.max_prompt_length=48",
+        "~callbacks.sample_evaluation"]
+    single = in_process(tmp_path / "single", "data.batch_size=8", common=common)
+    ddp, _ = cli(tmp_path / "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                 "trainer.precision=32-true", "data.batch_size=4", common=common)
+    for key in ("train/loss", "train/rewards/margins", "train/grad_norm"):
+        assert len(curve(ddp, key)) == 5, key
+        assert curve(ddp, key) == pytest.approx(curve(single, key), rel=1e-4, abs=1e-6), key
 
 
 def test_fsdp_and_multi_node_configs_build_lightning_strategies():

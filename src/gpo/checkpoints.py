@@ -66,14 +66,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class ResumableSampler(DistributedSampler):
     """DistributedSampler's order (a permutation seeded by seed + epoch; one
     replica outside DDP), which does not depend on the global RNG and so is the
-    same in a resumed run; `skip` leaves out the first indices of one epoch."""
+    same in a resumed run; `skip` leaves out the first indices of one epoch.
+    Subclasses with another order override `epoch_indices`."""
 
     def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.skip: tuple[int, int] | None = None  # (epoch, indices already trained on in it)
 
+    def epoch_indices(self) -> list[int]:
+        """This rank's indices for the current epoch, in order."""
+        return list(super().__iter__())
+
     def __iter__(self):
-        indices = list(super().__iter__())
+        indices = self.epoch_indices()
         if self.skip is not None and self.skip[0] == self.epoch:
             indices = indices[self.skip[1]:]
         self.skip = None

@@ -69,3 +69,30 @@ def group_options(group: str) -> dict[str, DictConfig]:
     """Every option of a config group (conf/<group>/*.yaml) by name: what
     `<group>=glob(*)` sweeps, for code that must cover them all (tests, the bandit)."""
     return {path.stem: OmegaConf.load(path) for path in sorted((CONF_DIR / group).glob("*.yaml"))}
+
+
+def torch_threads(setting, cpu_processes: int = 1) -> int | None:
+    """Torch CPU threads for one job from `num_threads`: a number, null
+    (torch's default: one per core, or OMP_NUM_THREADS), or `auto`: this
+    process's cores divided among the processes that compute side by side,
+    the jobs of a parallel multirun (`hydra.launcher.n_jobs`) times
+    `cpu_processes` (DDP on CPU: trainer.devices), so that they never ask
+    for more threads than cores (more make torch's threads wait on each
+    other). An OMP_NUM_THREADS set in the environment (a launcher's choice)
+    is kept."""
+    import os
+
+    if setting in (None, "null"):
+        return None
+    if setting != "auto":
+        if not isinstance(setting, int) or setting < 1:
+            raise InputError(f"num_threads must be a positive integer, auto or null, got {setting!r}")
+        return setting
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores, jobs = len(os.sched_getaffinity(0)), 1
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        n_jobs = HydraConfig.get().launcher.get("n_jobs")
+        if isinstance(n_jobs, int) and n_jobs != 0:
+            jobs = n_jobs if n_jobs > 0 else os.cpu_count() + 1 + n_jobs  # joblib: -1 all cores, -2 all but one
+    return max(1, cores // max(1, jobs * cpu_processes))

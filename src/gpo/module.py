@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.utilities import grad_norm
 
 from gpo.checkpoints import restore_rng_state, rng_state
-from gpo.logprobs import pair_logps
+from gpo.logprobs import LogProbs
 from gpo.losses import PairLogps, PreferenceLoss
 from gpo.reference import Reference
 
@@ -52,6 +52,7 @@ class GPOModule(pl.LightningModule):
         beta: float,
         optimizer: Callable,
         scheduler: Callable | None = None,
+        logprobs: LogProbs | None = None,
     ):
         super().__init__()
         self.policy = policy
@@ -61,18 +62,33 @@ class GPOModule(pl.LightningModule):
         self.beta = beta
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.resumed_from_step: int | None = None  # the checkpoint's step, when the run was resumed
+        self.logprobs = logprobs or LogProbs()
 
     flops_per_batch = None  # unknown for an arbitrary model; tells ThroughputMonitor not to ask
 
     def pair_logps(self, batch) -> PairLogps:
-        policy_chosen, policy_rejected = pair_logps(self.policy, batch)
+        policy_chosen, policy_rejected = self.logprobs.pair_logps(self.policy, batch)
         reference_chosen, reference_rejected = self.reference.logps(batch)
         return PairLogps(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
                          batch["chosen_length"], batch["rejected_length"])
 
+    def _logs_this_step(self) -> bool:
+        """Whether this training step's metrics reach the loggers (every
+        trainer.log_every_n_steps steps, the test Lightning's own monitors use)
+        or are the run's last (the summary's final train/ values). Logging on
+        the other steps only costs time: each self.log call walks Lightning's
+        result collection, about a millisecond per step for our dozen metrics."""
+        trainer = self._trainer
+        if trainer is None:  # called outside a Trainer (tests)
+            return True
+        last = trainer.max_steps > 0 and self.global_step + 1 >= trainer.max_steps
+        return trainer._logger_connector.should_update_logs or last
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         logps = self.pair_logps(batch)
         loss = self.loss_fn(logps, self.beta).mean()
+        if stage == "train" and not self._logs_this_step():
+            return loss
         metrics = {"loss": loss.detach(), **pair_metrics(logps, self.beta)}
         for key in ("gold_chosen", "gold_rejected"):
             if key in batch:
@@ -98,6 +114,8 @@ class GPOModule(pl.LightningModule):
         self._step(batch, "val")
 
     def on_before_optimizer_step(self, optimizer):
+        if not self._logs_this_step():
+            return
         # Before gradient clipping: the norm the data actually produced.
         self.log("train/grad_norm", grad_norm(self.policy, norm_type=2)["grad_2.0_norm_total"])
 

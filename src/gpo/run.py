@@ -33,13 +33,15 @@ from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_only
 
 from gpo import console
-from gpo.cache import DiskCache
+from gpo.cache import DiskCache, digest
 from gpo.checkpoints import Interrupted, last_checkpoint, signal_handlers_kept
-from gpo.config import check_config, instantiate
+from gpo.config import check_config, instantiate, torch_threads
+from gpo.data.module import file_stamps
 from gpo.errors import InputError
 from gpo.losses import GPOLoss, Squared
+from gpo.logprobs import LogProbs
 from gpo.losses.base import link_ratio
-from gpo.models import device_for, with_lora
+from gpo.models import compile_policy, device_for, with_lora
 from gpo.export import export_policy
 from gpo.module import GPOModule
 from gpo.reference import InitialPolicy, NoReference
@@ -56,27 +58,38 @@ def train(cfg: DictConfig) -> RunSummary:
     run_dir = HydraConfig.get().runtime.output_dir
     checkpoint = resume_checkpoint(cfg, run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.get("num_threads"):
-        torch.set_num_threads(cfg.num_threads)
+    devices = cfg.trainer.get("devices", 1)
+    threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
+                            isinstance(devices, int) else 1)
+    if threads:
+        torch.set_num_threads(threads)
 
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
+    # The next job of a multirun in this process reuses the prepared data (same configs, same files).
+    datamodule.reuse_key = digest(cfg.data, cfg.model.policy, file_stamps(cfg.data))
     datamodule.setup("fit")  # bad data fails here, before any compute
     datamodule.check_trainable()
+    datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
+    logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
     loss_fn = instantiate(cfg.loss)
     initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
                             cfg.trainer.accelerator)
-    reference = instantiate(cfg.reference, initial=initial) if loss_fn.needs_reference else NoReference(initial)
+    reference = (instantiate(cfg.reference, initial=initial, logprobs=logprobs) if loss_fn.needs_reference
+                 else NoReference(initial, logprobs))
     if loss_fn.needs_reference and not reference.provides_logps:
         raise InputError(f"loss={choice('loss', cfg)} needs reference log-probs; reference=none gives none")
     reference.check(lora=cfg.model.get("lora") is not None)  # before the SFT stage: bad input costs no compute
     stages = {"sft": initial.prepare(policy)}
     policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
+    if cfg.model.get("compile"):
+        compile_policy(policy)
     stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
     beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 
-    module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler))
+    module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
+                       logprobs)
     logger = instantiate(cfg.logger, **wandb_resume(cfg.logger, run_dir))
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
     if hasattr(logger, "log_hyperparams"):  # creates the W&B run, which records the command line: masked too

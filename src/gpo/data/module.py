@@ -15,22 +15,48 @@ format that cannot be split) are dropped and counted by reason, or, with
 `strict=True`, stop the run at the first one with its file and row.
 """
 
+import copy
 import logging
+import os
 from collections import Counter
 
 import pytorch_lightning as pl
 from datasets import Dataset
+from omegaconf import DictConfig, ListConfig, OmegaConf
 import torch
 from torch.utils.data import DataLoader
 
 from gpo.checkpoints import ResumableLoader, ResumableSampler
 
+from gpo.data.batching import LengthGroupedSampler, pair_lengths
 from gpo.data.chat import conversation_problem, render_conversations
 from gpo.data.gold import relabel
-from gpo.data.tokenization import TEXT_COLUMNS, PairCollator, tokenize_demonstration, tokenize_split
+from gpo.data.tokenization import TEXT_COLUMNS, PairCollator, tokenize_demonstrations, tokenize_split
 from gpo.errors import DataError, InputError
+from gpo.models import packing_support
 
 log = logging.getLogger(__name__)
+
+# The last prepared data of this process, by `reuse_key`: the jobs of a multirun
+# that runs in one process (sequential, or a joblib worker's successive jobs)
+# mostly differ in loss and beta, not in data, and preparing it is most of a
+# short job's set-up (generating, checking, tokenizing thousands of pairs).
+_PREPARED: dict[str, dict] = {}
+
+
+def file_stamps(node) -> list:
+    """(path, size, mtime) of every existing file a config names: part of
+    `reuse_key`, so a data file edited between two jobs is read again."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, dict):
+        return [stamp for value in node.values() for stamp in file_stamps(value)]
+    if isinstance(node, list):
+        return [stamp for value in node for stamp in file_stamps(value)]
+    if isinstance(node, str) and os.path.isfile(node):
+        info = os.stat(node)
+        return [(node, info.st_size, info.st_mtime_ns)]
+    return []
 
 
 def row_problem(row: dict) -> str:
@@ -89,10 +115,19 @@ class PreferenceDataModule(pl.LightningDataModule):
         strict: bool = False,
         gold_reward=None,
         relabel_temperature: float | None = None,
+        group_by_length: bool = True,
+        group_batches: int = 64,
+        packing: bool = True,
+        pack_length: int | None = None,
     ):
         """`gold_reward` (prompt, response) -> float replaces the source's own for
         evaluation (e.g. gpo.data.gold.RewardModelGold); with `relabel_temperature`
-        the pairs' labels are redrawn by Bradley-Terry on it (gpo.data.gold.relabel)."""
+        the pairs' labels are redrawn by Bradley-Terry on it (gpo.data.gold.relabel).
+        `group_by_length`: shuffled training batches of similar length
+        (gpo.data.batching; only with `shuffle`); `packing`: sequences end to
+        end without padding, in rows of `pack_length` tokens (null: the
+        batch's longest sequence; see gpo.data.tokenization.pack_sequences),
+        where the model can isolate packed sequences (`configure_packing`)."""
         super().__init__()
         if max_prompt_length >= max_length:
             raise InputError(
@@ -110,12 +145,17 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.shuffle = shuffle  # False: fixed order (e.g. to compare runs across numbers of processes)
         self.shuffle_seed = seed if shuffle_seed is None else shuffle_seed  # the run's seed (gpo.run passes it)
         self.strict = strict
+        self.group_by_length, self.group_batches = group_by_length, group_batches
+        self.packing, self.pack_length = packing, pack_length
         self._gold_reward, self.relabel_temperature = gold_reward, relabel_temperature
         if relabel_temperature is not None and self.gold_reward is None:
             raise InputError("data.relabel_temperature is set but there is no gold reward: set data.gold_reward")
         self.text: dict[str, Dataset] = {}
         self.tokenized: dict[str, Dataset] = {}  # train then validation; `pair_id` runs over both in that order
         self.report: dict[str, dict] = {}  # per split: pairs read, dropped by reason, truncated, kept
+        # Set (gpo.run: a digest of the data and model configs) to reuse this process's last prepared data.
+        self.reuse_key: str | None = None
+        self._demonstrations: Dataset | None = None
 
     @property
     def gold_reward(self):
@@ -124,6 +164,20 @@ class PreferenceDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenized:
             return
+        prepared = _PREPARED.get(self.reuse_key) if self.reuse_key else None
+        if prepared is not None:
+            self.text, self.tokenized = dict(prepared["text"]), dict(prepared["tokenized"])
+            self.report, self._demonstrations = copy.deepcopy(prepared["report"]), prepared["demonstrations"]
+            log.info("Data: %s: %d train / %d validation pairs (prepared by an earlier job of this process)",
+                     self.source.description, len(self.tokenized["train"]), len(self.tokenized["validation"]))
+            return
+        self._prepare()
+        if self.reuse_key:
+            _PREPARED.clear()  # one entry: a sweep over data configs keeps no stale copies
+            _PREPARED[self.reuse_key] = {"text": dict(self.text), "tokenized": dict(self.tokenized),
+                                         "report": copy.deepcopy(self.report), "demonstrations": None}
+
+    def _prepare(self) -> None:
         data = self.source.preferences()
         if isinstance(data, Dataset):  # checked whole, then a validation share held out
             data = self._validate({"train": data})["train"]
@@ -186,14 +240,36 @@ class PreferenceDataModule(pl.LightningDataModule):
 
     def demonstrations(self) -> Dataset:
         """SFT data, tokenized as the pairs are: the task's own demonstrations,
-        else the preferred responses."""
-        if hasattr(self.source, "demonstrations"):
-            text = self.source.demonstrations()
-        else:
-            text = self.text["train"].select_columns(["prompt", "chosen"]).rename_column("chosen", "response")
-        return text.map(tokenize_demonstration, remove_columns=text.column_names, desc="Tokenizing demonstrations",
-                        fn_kwargs=dict(tokenizer=self.tokenizer, max_length=self.max_length,
-                                       max_prompt_length=self.max_prompt_length))
+        else the preferred responses. Made once (kept with the prepared data)."""
+        if self._demonstrations is None:
+            if hasattr(self.source, "demonstrations"):
+                text = self.source.demonstrations()
+            else:
+                text = self.text["train"].select_columns(["prompt", "chosen"]).rename_column("chosen", "response")
+            self._demonstrations = text.map(
+                tokenize_demonstrations, batched=True, remove_columns=text.column_names,
+                desc="Tokenizing demonstrations",
+                fn_kwargs=dict(tokenizer=self.tokenizer, max_length=self.max_length,
+                               max_prompt_length=self.max_prompt_length))
+            if self.reuse_key in _PREPARED:
+                _PREPARED[self.reuse_key]["demonstrations"] = self._demonstrations
+        return self._demonstrations
+
+    def configure_packing(self, model) -> None:
+        """Keep `packing` only if `model` can isolate packed sequences (else
+        pad, said in a log line); one row per batch for flash attention."""
+        if not self.packing:
+            return
+        layout = packing_support(model)
+        if layout is None:
+            self.packing = False
+            log.info("Packing: %s cannot keep sequences packed in one row apart (attention %s): padding batches "
+                     "instead", type(model).__name__, getattr(model.config, "_attn_implementation", "?"))
+        elif layout == "one_row" and self.pack_length is None:
+            self.pack_length = 0
+
+    def collator(self) -> PairCollator:
+        return PairCollator(self.tokenizer.pad_token_id, self.packing, self.pack_length)
 
     def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
         # Loaders draw their workers' base seed from their own generator, not the global RNG, so
@@ -205,17 +281,21 @@ class PreferenceDataModule(pl.LightningDataModule):
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=PairCollator(self.tokenizer.pad_token_id),
+            collate_fn=self.collator(),
             generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        # Epoch e's order is a permutation seeded by (shuffle_seed, e), this rank's share under DDP
-        # (Lightning keeps a DistributedSampler as it is), resumable mid-epoch.
+        # Epoch e's order is seeded by (shuffle_seed, e), this rank's share under DDP (Lightning keeps a
+        # DistributedSampler as it is), resumable mid-epoch; by default batches of pairs of similar length.
         trainer = self.trainer
-        sampler = ResumableSampler(self.tokenized["train"], num_replicas=trainer.world_size if trainer else 1,
-                                   rank=trainer.global_rank if trainer else 0, shuffle=self.shuffle,
-                                   seed=self.shuffle_seed)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self.shuffle and self.group_by_length:
+            sampler = LengthGroupedSampler(pair_lengths(self.tokenized["train"]), self.batch_size,
+                                           self.group_batches, world, rank, seed=self.shuffle_seed)
+        else:
+            sampler = ResumableSampler(self.tokenized["train"], num_replicas=world, rank=rank, shuffle=self.shuffle,
+                                       seed=self.shuffle_seed)
         return self._loader("train", self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -2,6 +2,7 @@
 win rate, and the offline regulariser, through training) and throughput."""
 
 import logging
+import time
 
 import pytorch_lightning as pl
 import torch
@@ -9,6 +10,7 @@ from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.strategies import FSDPStrategy
 
+from gpo.data.tokenization import real_tokens
 from gpo.evaluation.sampling import evaluate_samples
 from gpo.summary import RunSummary
 
@@ -16,15 +18,36 @@ log = logging.getLogger(__name__)
 
 
 class PairThroughput(ThroughputMonitor):
-    """Lightning's throughput monitor, counting preference pairs and (non-pad) tokens."""
+    """Lightning's throughput monitor, counting preference pairs and real (non-pad) tokens."""
 
     def __init__(self, window_size: int = 20):
         super().__init__(
-            batch_size_fn=lambda batch: batch["input_ids"].shape[0] // 2,
-            length_fn=lambda batch: int(batch["attention_mask"].sum()),
+            batch_size_fn=lambda batch: len(batch["chosen_length"]),
+            length_fn=real_tokens,
             window_size=window_size,
             separator="/",
         )
+
+
+class StepTimes(pl.Callback):
+    """Wall time of every training step, measured end to end (batch end to
+    batch end: data loading, forward, backward, optimizer, logging), and the
+    real and padded tokens of each batch; recorded in the run summary as
+    `stages["training"]` (what benchmarks/training_speed.py reads)."""
+
+    def on_train_start(self, trainer, module):
+        self.start, self.ends, self.tokens, self.slots = time.perf_counter(), [], [], []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.ends.append(time.perf_counter())
+        self.tokens.append(real_tokens(batch))
+        self.slots.append(batch["input_ids"].numel())
+
+    def contribute(self, summary: RunSummary) -> None:
+        if getattr(self, "ends", None):
+            steps = [b - a for a, b in zip([self.start, *self.ends], self.ends)]
+            summary.stages["training"] = {"seconds": self.ends[-1] - self.start, "step_seconds": steps,
+                                          "real_tokens": sum(self.tokens), "batch_tokens": sum(self.slots)}
 
 
 @torch.no_grad()

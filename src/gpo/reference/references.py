@@ -19,9 +19,9 @@ import torch
 from peft import PeftModel
 
 from gpo.cache import Outcome, digest
-from gpo.data.tokenization import PairCollator, token_digest
+from gpo.data.tokenization import token_digest
 from gpo.errors import InputError
-from gpo.logprobs import pair_logps
+from gpo.logprobs import LogProbs
 from gpo.reference.initial import InitialPolicy
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 class Reference:
     provides_logps = True
 
-    def __init__(self, initial: InitialPolicy):
+    def __init__(self, initial: InitialPolicy, logprobs: LogProbs | None = None):
         self.initial = initial
+        self.logprobs = logprobs or LogProbs()  # how log-probs are computed (the policy's settings)
         self._model: torch.nn.Module | None = None
 
     def check(self, lora: bool) -> None:
@@ -58,7 +59,7 @@ class FrozenReference(Reference):
     @torch.no_grad()
     def logps(self, batch):
         with self.model(batch["input_ids"].device) as model:
-            return pair_logps(model, batch)
+            return self.logprobs.pair_logps(model, batch)
 
 
 # Exactly what the reference sees of a pair (see PairCollator): the cache key's data part.
@@ -66,11 +67,12 @@ MODEL_INPUTS = ("prompt_length", "chosen_input_ids", "rejected_input_ids")
 
 
 class CachedReference(Reference):
-    def __init__(self, initial: InitialPolicy, batch_size: int | None = None, logits_budget_mb: int = 1024):
+    def __init__(self, initial: InitialPolicy, batch_size: int | None = None, logits_budget_mb: int = 1024,
+                 logprobs: LogProbs | None = None):
         """`batch_size` pairs per forward pass when computing (default: as
         many as fit `logits_budget_mb` of float32 logits, at least the
         validation batch; inference keeps no activations for a backward pass)."""
-        super().__init__(initial)
+        super().__init__(initial, logprobs)
         self.batch_size, self.logits_budget_mb = batch_size, logits_budget_mb
         self.values: torch.Tensor | None = None  # [pairs, 2]: chosen, rejected; row = pair_id
 
@@ -99,15 +101,16 @@ class CachedReference(Reference):
 
     @torch.no_grad()
     def _compute(self, model, split, datamodule, device) -> torch.Tensor:
-        """Batches built by PairCollator as in training; no DataLoader, because
-        creating one draws from the global RNG and would change the run's shuffling."""
+        """Batches built as in training (padded or packed: the same values to
+        float tolerance); no DataLoader, because creating one draws from the
+        global RNG and would change the run's shuffling."""
         bytes_per_pair = 2 * datamodule.max_length * model.config.vocab_size * 4
         batch_size = self.batch_size or max(datamodule.eval_batch_size,
                                             min(512, self.logits_budget_mb * 2**20 // bytes_per_pair))
-        collate, out = PairCollator(datamodule.tokenizer.pad_token_id), []
+        collate, out = datamodule.collator(), []
         for rows in split.select_columns(list(MODEL_INPUTS)).iter(batch_size=batch_size):
             batch = collate([dict(zip(rows, values)) for values in zip(*rows.values())])
-            chosen, rejected = pair_logps(model, {k: v.to(device) for k, v in batch.items()})
+            chosen, rejected = self.logprobs.pair_logps(model, {k: v.to(device) for k, v in batch.items()})
             out.append(torch.stack([chosen, rejected], dim=1).float().cpu())
         return torch.cat(out)
 
@@ -144,7 +147,7 @@ class AdapterReference(Reference):
     @torch.no_grad()
     def logps(self, batch):
         with self.model(batch["input_ids"].device) as model:
-            return pair_logps(model, batch)
+            return self.logprobs.pair_logps(model, batch)
 
 
 class NoReference(Reference):
