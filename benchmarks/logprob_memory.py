@@ -32,7 +32,7 @@ PATHS = {
 
 
 def status_kb(key: str) -> int:
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key))
+    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith(key))
     return int(line.split()[1])
 
 

@@ -27,10 +27,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from gpo.bandit import expected_reward, implied_reward, kl, kl_optimum_logits, make_bandit, policy_logits, trajectory
 from gpo.config import group_options
 from gpo.losses import GPOLoss
-from gpo.bandit import (expected_reward, implied_reward, kl, kl_optimum_logits,
-                        make_bandit, policy_logits, trajectory)
 
 OPTIMUM = "pi* (KL-regularised)"
 

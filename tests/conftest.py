@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import wandb  # before anything imports Lightning: see src/train.py
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig

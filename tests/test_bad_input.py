@@ -8,22 +8,22 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import CONF, FAST, ROOT, SMALL_TASK, compose_train
 from gpo.data.sources import Preferences
-from gpo.hydra_callbacks import CheckOutputDir
-from gpo.reference import InitialPolicy
 from gpo.errors import DataError, InputError
+from gpo.hydra_callbacks import CheckOutputDir
 from gpo.losses import Logistic
 from gpo.module import NonFiniteLossError
+from gpo.reference import InitialPolicy
+from gpo.run import run_job, train
 from gpo.summary import RunSummary
 from gpo.wandb_offline import find_runs, read_run
-from gpo.run import run_job, train
 
 
 class NaNAfter(Logistic):

@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpo.bandit import (gpo_loss, implied_reward, kl, kl_optimum_logits, make_bandit,
-                        solve, trajectory)
+from gpo.bandit import gpo_loss, implied_reward, kl, kl_optimum_logits, make_bandit, solve, trajectory
 from gpo.losses import Exponential, Hinge, Logistic, Savage, Squared, TruncatedQuadratic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,7 +150,7 @@ def test_action_without_data_moves_only_through_the_normaliser(bandit):
         (grad,) = torch.autograd.grad(gpo_loss(theta, partial, partial.preference_data(), loss, 0.5), theta)
         assert grad[NO_DATA].item() == 0.0
         assert grad[:NO_DATA].abs().max().item() > 1e-6  # the others do get pushed
-        for beta, solution in zip(BETAS, solve(partial, loss, BETAS)):
+        for solution in solve(partial, loss, BETAS):
             assert solution[NO_DATA].item() == partial.ref_logits[NO_DATA].item()
             shift = torch.logsumexp(partial.ref_logits, 0) - torch.logsumexp(solution, 0)
             ratio = log_pi(solution)[NO_DATA] - log_pi(partial.ref_logits)[NO_DATA]

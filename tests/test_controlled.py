@@ -5,15 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from conftest import CONF, compose_train
 from gpo.data.gold import RewardModelGold, relabel
-from gpo.models import char_tokenizer
 from gpo.data.sources import CappedCount, CopiedCharacters, PreferredCharacters, SyntheticPreferences
+from gpo.models import char_tokenizer
 from gpo.run import train
 
 LOSSES = sorted(p.stem for p in Path(CONF, "loss").glob("*.yaml"))

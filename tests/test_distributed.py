@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose_train
-from gpo.wandb_offline import find_runs, read_run
 from gpo.run import train
+from gpo.wandb_offline import find_runs, read_run
 
 COMMON = [
     "model.sft.steps=0", "data.source.num_pairs=320", "data.shuffle=false", "reference=frozen",

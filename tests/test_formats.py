@@ -9,9 +9,10 @@ import datasets
 import pytest
 
 from gpo.data import PairCollator, PreferenceDataModule
-from gpo.errors import DataError, InputError
 from gpo.data.sources import HHRLHF, Preferences, TLDRComparisons, UltraFeedbackBinarized
+from gpo.errors import DataError, InputError
 from gpo.models import char_tokenizer
+
 
 @pytest.fixture(autouse=True, scope="module")
 def datasets_cache(tmp_path_factory):

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from peft import LoraConfig, PeftModel
+from test_formats import CHATML, ULTRA, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from conftest import FAST, compose_train
@@ -20,9 +21,8 @@ from gpo.losses import Logistic
 from gpo.models import pretrained_causal_lm, tiny_causal_lm, with_lora
 from gpo.module import GPOModule
 from gpo.reference import AdapterReference
-from gpo.wandb_offline import find_runs, read_run
-from test_formats import CHATML, ULTRA, write_jsonl
 from gpo.run import train
+from gpo.wandb_offline import find_runs, read_run
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ Synthetic sweeps stand in for real ones, written as summary.json files with
 """
 
 import importlib.util
+import itertools
 import math
 import os
 import subprocess
@@ -85,7 +86,7 @@ def summary(loss, beta, seed, temperature=1.0, noise=0.004, kl_shift=None, statu
 
 
 def make_sweep(directory: Path, losses=("dpo", "ipo", "slic"), betas=BETAS, seeds=SEEDS, failed=True, **kw) -> Path:
-    for i, (loss, beta, seed) in enumerate((l, b, s) for l in losses for b in betas for s in seeds):
+    for i, (loss, beta, seed) in enumerate(itertools.product(losses, betas, seeds)):
         # Some jobs one level deeper: summaries are found recursively.
         summary(loss, beta, seed, **kw).write(directory / (f"{i}" if i % 2 else f"group/{i}"))
     if failed:
@@ -357,7 +358,7 @@ def test_wandb_runs_offline(monkeypatch):
 
         def runs(self, path, filters):
             assert path == "someone/gpo" and filters == {"group": "sweep-1"}
-            return [FakeRun(l, b, s) for l in ("dpo", "ipo") for b in BETAS for s in SEEDS]
+            return [FakeRun(loss, b, s) for loss in ("dpo", "ipo") for b in BETAS for s in SEEDS]
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
     runs = report.load_wandb_runs("sweep-1", project="gpo")

@@ -229,7 +229,7 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_pat
             writer.save_checkpoint({"step": torch.tensor(2)}, tmp_path / name)
     monkeypatch.undo()
     assert int(torch.load(tmp_path / "atomic.ckpt", weights_only=True)["step"]) == 1
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="corrupted"):
         torch.load(tmp_path / "lightning.ckpt", weights_only=True)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "atomic.ckpt", "last.ckpt", "lightning.ckpt"]  # the killed write's partial file is hidden, overwritten next time

@@ -1,6 +1,5 @@
 """End-to-end training through the real configs (every loss: tests/test_multirun.py)."""
 
-import pytest
 import torch
 from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -9,8 +8,6 @@ from conftest import FAST, SMALL_TASK, compose_train
 from gpo.logprobs import pair_logps
 from gpo.reference import InitialPolicy
 from gpo.run import train
-
-
 
 # Every loss in conf/loss trains a few steps: tests/test_multirun.py (the README's sweep, one job per loss).
 

@@ -58,7 +58,7 @@ class DiskCache:
         directory = self.root / kind
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            handle = open(directory / f".{key}.lock", "a")
+            handle = open(directory / f".{key}.lock", "a")  # noqa: SIM115 (held open by the lock below)
         except OSError as error:
             raise InputError(f"cache directory {directory} is not writable ({error.strerror}); "
                              "set cache_dir=<a writable directory>") from error

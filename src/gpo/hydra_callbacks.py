@@ -10,10 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-
-import yaml
 
 from gpo.secrets import redact
 from gpo.summary import FILENAME, RunSummary
@@ -178,7 +177,7 @@ class OneGPUPerProcess(Callback):
         deadline = time.monotonic() + self.wait_s
         while True:
             for gpu in gpus:
-                lock = open(os.path.join(self.lock_dir, f"gpu{gpu}.lock"), "a")
+                lock = open(os.path.join(self.lock_dir, f"gpu{gpu}.lock"), "a")  # noqa: SIM115 (held for the process)
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     return gpu, lock

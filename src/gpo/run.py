@@ -38,11 +38,11 @@ from gpo.checkpoints import Interrupted, last_checkpoint, signal_handlers_kept
 from gpo.config import check_config, instantiate, torch_threads
 from gpo.data.module import file_stamps
 from gpo.errors import InputError
-from gpo.losses import GPOLoss, Squared
+from gpo.export import export_policy
 from gpo.logprobs import LogProbs
+from gpo.losses import GPOLoss, Squared
 from gpo.losses.base import link_ratio
 from gpo.models import compile_policy, device_for, with_lora
-from gpo.export import export_policy
 from gpo.module import GPOModule
 from gpo.reference import InitialPolicy, NoReference
 from gpo.secrets import redact, redacted_argv

@@ -97,9 +97,9 @@ def relabel(pairs: Dataset, gold_reward, temperature: float, seed: int = 0, batc
         out = {"chosen": [], "rejected": [], "gold_chosen": [], "gold_rejected": [], "preference_probability": []}
         for a, b, ra, rb, i in zip(rows["chosen"], rows["rejected"], r_a, r_b, indices):
             p_a = bradley_terry(ra, rb, temperature)
-            (c, rc), (l, rl), p = ((a, ra), (b, rb), p_a) if draws[i] < p_a else ((b, rb), (a, ra), 1.0 - p_a)
-            out["chosen"].append(c), out["rejected"].append(l)
-            out["gold_chosen"].append(float(rc)), out["gold_rejected"].append(float(rl))
+            (c, rc), (r, rr), p = ((a, ra), (b, rb), p_a) if draws[i] < p_a else ((b, rb), (a, ra), 1.0 - p_a)
+            out["chosen"].append(c), out["rejected"].append(r)
+            out["gold_chosen"].append(float(rc)), out["gold_rejected"].append(float(rr))
             out["preference_probability"].append(p)
         return out
 

@@ -21,13 +21,12 @@ import os
 from collections import Counter
 
 import pytorch_lightning as pl
+import torch
 from datasets import Dataset
 from omegaconf import DictConfig, ListConfig, OmegaConf
-import torch
 from torch.utils.data import DataLoader
 
 from gpo.checkpoints import ResumableLoader, ResumableSampler
-
 from gpo.data.batching import LengthGroupedSampler, pair_lengths
 from gpo.data.chat import conversation_problem, render_conversations
 from gpo.data.gold import relabel

@@ -19,7 +19,7 @@ from gpo.losses.families import exp_neg
 
 def _label_smoothing(eps: float, allow_zero: bool) -> float:
     eps = float(eps)
-    if not ((0.0 <= eps if allow_zero else 0.0 < eps) and eps < 0.5):
+    if not ((eps >= 0.0 if allow_zero else eps > 0.0) and eps < 0.5):
         raise InputError(f"loss.eps must lie in {'[0' if allow_zero else '(0'}, 0.5); got {eps}")
     return eps
 

@@ -19,16 +19,50 @@ from pathlib import Path
 
 import pandas as pd
 
-from gpo.report.analysis import (KLGap, aggregate, aggregate_trajectories, default_kls, default_selection_metric,
-                                 failed_runs, matched_kl, matched_kl_ratios, max_matched_kl_gap, per_group, present)
+from gpo.report.analysis import (
+    KLGap,
+    aggregate,
+    aggregate_trajectories,
+    default_kls,
+    default_selection_metric,
+    failed_runs,
+    matched_kl,
+    matched_kl_ratios,
+    max_matched_kl_gap,
+    per_group,
+    present,
+)
 from gpo.report.best_beta import best_beta, fit_peak
-from gpo.report.load import (load_summaries, load_sweep, load_wandb_runs, normalise, override_columns,
-                             read_summaries, runs_frame, trajectories_frame)
-from gpo.report.markdown import (best_beta_markdown, failed_markdown, gap_markdown, label_check_markdown,
-                                 matched_kl_markdown, report_markdown, results_markdown, to_markdown)
+from gpo.report.load import (
+    load_summaries,
+    load_sweep,
+    load_wandb_runs,
+    normalise,
+    override_columns,
+    read_summaries,
+    runs_frame,
+    trajectories_frame,
+)
+from gpo.report.markdown import (
+    best_beta_markdown,
+    failed_markdown,
+    gap_markdown,
+    label_check_markdown,
+    matched_kl_markdown,
+    report_markdown,
+    results_markdown,
+    to_markdown,
+)
 from gpo.report.metrics import METRICS, Metric
-from gpo.report.plots import (DPI, FIGSIZE, plot_gold_vs_kl, plot_metrics_vs_beta, plot_regulariser,
-                              plot_trajectories, unscalable_families)
+from gpo.report.plots import (
+    DPI,
+    FIGSIZE,
+    plot_gold_vs_kl,
+    plot_metrics_vs_beta,
+    plot_regulariser,
+    plot_trajectories,
+    unscalable_families,
+)
 from gpo.report.theory import link_ratios, pooled_histogram, predictions, taylor_ratio
 from gpo.report.theory_plots import plot_best_beta, plot_ratio_vs_key
 

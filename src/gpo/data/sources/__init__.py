@@ -2,8 +2,7 @@
 the embedded synthetic task with a known gold reward (synthetic)."""
 
 from gpo.data.sources.preferences import HHRLHF, Preferences, TLDRComparisons, UltraFeedbackBinarized
-from gpo.data.sources.synthetic import (CappedCount, CopiedCharacters, PreferredCharacters,
-                                        SyntheticPreferences)
+from gpo.data.sources.synthetic import CappedCount, CopiedCharacters, PreferredCharacters, SyntheticPreferences
 
 __all__ = ["HHRLHF", "CappedCount", "CopiedCharacters", "Preferences", "PreferredCharacters",
            "SyntheticPreferences", "TLDRComparisons", "UltraFeedbackBinarized"]
