@@ -124,11 +124,14 @@ def main(argv=None) -> None:
     reference = runs["full logits, padded (previous)"][0]["logps"]
     load = os.getloadavg()
     previous = statistics.median(r["peak_mb"] for r in runs["full logits, padded (previous)"])
-    print(f"Vocabulary {args.vocab}, hidden size {args.hidden}, 8 pairs (batch {runs['chunked, padded'][0]['batch_shape']}"
-          f" padded, {runs['chunked, packed (default)'][0]['batch_shape']} packed, "
-          f"{runs['chunked, padded'][0]['response_tokens']} response tokens), {args.device}, medians of {args.repeats}; "
+    print(f"Vocabulary {args.vocab}, hidden size {args.hidden}, "
+          f"8 pairs (batch {runs['chunked, padded'][0]['batch_shape']} padded, "
+          f"{runs['chunked, packed (default)'][0]['batch_shape']} packed, "
+          f"{runs['chunked, padded'][0]['response_tokens']} response tokens), "
+          f"{args.device}, medians of {args.repeats}; "
           f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores\n")
-    print("| log-prob path | peak memory of forward + backward (MiB) | vs previous | time (s) | max abs difference in log-probs |")
+    print("| log-prob path | peak memory of forward + backward (MiB) | vs previous | time (s) | "
+          "max abs difference in log-probs |")
     print("|---|---|---|---|---|")
     for name, results in runs.items():
         peak = statistics.median(r["peak_mb"] for r in results)

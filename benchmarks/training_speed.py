@@ -253,8 +253,9 @@ def bare_worker(args, padded: bool) -> dict:
     policy = AutoModelForCausalLM.from_pretrained(assets / "model", dtype=torch.float32).to(args.device)
     rows = load_dataset("json", data_files=str(assets / "hh_train.jsonl"), split="train")
     rows = rows.map(HHRLHF().extract, remove_columns=rows.column_names).remove_columns("problem")
-    data = rows.map(tokenize_pair, fn_kwargs=dict(tokenizer=tokenizer, max_length=MAX_LENGTH,
-                                                  max_prompt_length=MAX_PROMPT_LENGTH), remove_columns=rows.column_names)
+    data = rows.map(tokenize_pair,
+                    fn_kwargs=dict(tokenizer=tokenizer, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH),
+                    remove_columns=rows.column_names)
     data = data.add_column("pair_id", list(range(len(data))))
     logprobs = LogProbs(chunk_mb=None) if padded else LogProbs()
     collate = PairCollator(tokenizer.pad_token_id, packing=not padded)
@@ -354,7 +355,8 @@ def main(argv=None) -> None:
             runs[config].append(run_one(config, args, steps))
             r = runs[config][-1]
             print(f"[{repeat + 1}/{args.repeats}] {config}: epoch {r['epoch_s']:.1f} s, "
-                  f"{r['real_tokens'] / r['epoch_s']:.0f} real tokens/s, peak {r['peak_memory_mb']:.0f} MiB", flush=True)
+                  f"{r['real_tokens'] / r['epoch_s']:.0f} real tokens/s, peak {r['peak_memory_mb']:.0f} MiB",
+                  flush=True)
     load = os.getloadavg()
     (args.out / "results.json").write_text(json.dumps({"steps": steps, "runs": runs, "load": load}, indent=1))
     print(table(runs, steps, args, load))
@@ -380,8 +382,8 @@ def table(runs: dict, steps: int, args, load) -> str:
         f"{args.threads} torch thread(s); medians of {args.repeats} interleaved repeats; "
         f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min) on {os.cpu_count()} cores",
         "",
-        "| configuration | real tokens/s | tokens/s vs TRL | time vs bare loop | epoch (s) [min-max] | median step (s) | "
-        "real tokens in batches | reference log-probs (s) | peak memory (MiB) |",
+        "| configuration | real tokens/s | tokens/s vs TRL | time vs bare loop | epoch (s) [min-max] | "
+        "median step (s) | real tokens in batches | reference log-probs (s) | peak memory (MiB) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for config, m in s.items():

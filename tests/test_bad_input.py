@@ -102,11 +102,13 @@ def test_missing_column_is_named(tmp_path):
     assert summary.status == "finished"
 
 
-@pytest.mark.parametrize(("field", "value", "problem"), [("chosen", "", "'chosen' is empty"),
-                                                         ("rejected", "  ", "'rejected' is empty"),
-                                                         ("prompt", 3, "'prompt' is not text"),
-                                                         ("chosen", None, "'chosen' is not text"),
-                                                         ("rejected", GOOD_ROW["chosen"], "chosen is identical to rejected")])
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("chosen", "", "'chosen' is empty"),
+    ("rejected", "  ", "'rejected' is empty"),
+    ("prompt", 3, "'prompt' is not text"),
+    ("chosen", None, "'chosen' is not text"),
+    ("rejected", GOOD_ROW["chosen"], "chosen is identical to rejected"),
+])
 def test_unusable_row_is_dropped_and_counted_or_named_with_strict(tmp_path, field, value, problem):
     rows = [dict(GOOD_ROW, prompt=f"Q{i}: 2+2?") for i in range(16)]
     rows[3][field] = value
@@ -143,7 +145,8 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
 
 
 def test_a_job_with_a_nan_loss_records_it_and_closes_its_wandb_run_as_failed(tmp_path):
-    """run_job, what `python src/train.py` runs (in this process: the CLI's own path is test_cli_reports_bad_beta...)."""
+    """run_job, what `python src/train.py` runs (in this process: the CLI's own
+    path is test_cli_reports_bad_beta...)."""
     cfg = compose_train(["loss._target_=test_bad_input.NaNAfter", "+loss.step=3", *FAST, "trainer.max_steps=10"],
                         output_dir=tmp_path)
     with pytest.raises(NonFiniteLossError, match="loss is nan at step 3"):
@@ -230,9 +233,12 @@ def test_unreadable_data_files_are_named(tmp_path, no_compute, name, content, me
 def test_compressed_data_files_are_read_as_they_are(tmp_path):
     rows = [dict(row, chosen=" four", rejected=" five") for row in ROWS]  # words: CSV would read " 4" as a number
     jsonl = "".join(json.dumps(row) + "\n" for row in rows).encode()
-    csv = ("prompt,chosen,rejected\n" + "".join(f"{r['prompt']},{r['chosen']},{r['rejected']}\n" for r in rows)).encode()
-    files = [_write(tmp_path / "pairs.jsonl.gz", jsonl, gzip.open), _write(tmp_path / "pairs.json.gz", jsonl, gzip.open),
-             _write(tmp_path / "pairs.csv.gz", csv, gzip.open), _write(tmp_path / "pairs.jsonl.bz2", jsonl, bz2.open)]
+    csv = ("prompt,chosen,rejected\n"
+           + "".join(f"{r['prompt']},{r['chosen']},{r['rejected']}\n" for r in rows)).encode()
+    files = [_write(tmp_path / "pairs.jsonl.gz", jsonl, gzip.open),
+             _write(tmp_path / "pairs.json.gz", jsonl, gzip.open),
+             _write(tmp_path / "pairs.csv.gz", csv, gzip.open),
+             _write(tmp_path / "pairs.jsonl.bz2", jsonl, bz2.open)]
     for path in files:
         read = Preferences(train_files=str(path)).preferences()
         assert len(read) == 16 and read[3]["prompt"] == "Q3: 2+2?" and read[3]["chosen"].strip() == "four", path.name

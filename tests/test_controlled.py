@@ -81,25 +81,29 @@ def test_relabel_uses_gold_reward_with_bradley_terry_noise():
     worse = sum(c < r for c, r in zip(flat["gold_chosen"], flat["gold_rejected"]))
     decided = sum(c != r for c, r in zip(flat["gold_chosen"], flat["gold_rejected"]))
     assert 0.35 * decided < worse < 0.65 * decided  # labels close to coin flips
-    assert sorted(map(sorted, zip(flat["chosen"], flat["rejected"]))) == sorted(map(sorted, zip(pairs["chosen"], pairs["rejected"])))
+    assert (sorted(map(sorted, zip(flat["chosen"], flat["rejected"])))
+            == sorted(map(sorted, zip(pairs["chosen"], pairs["rejected"]))))
 
 
 def test_relabel_from_the_command_line(tmp_path):
-    cfg = compose_train(SMALL + ["+data.relabel_temperature=0.001", "+data.gold_reward._target_=gpo.data.sources.CopiedCharacters"],
+    cfg = compose_train(SMALL + ["+data.relabel_temperature=0.001",
+                                 "+data.gold_reward._target_=gpo.data.sources.CopiedCharacters"],
                         output_dir=tmp_path)
     _, tokenizer = instantiate(cfg.model.policy)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup()
     train_rows = datamodule.text["train"]
     copied = CopiedCharacters()
-    assert all(copied(p, c) >= copied(p, r) for p, c, r in zip(train_rows["prompt"], train_rows["chosen"], train_rows["rejected"]))
+    assert all(copied(p, c) >= copied(p, r)
+               for p, c, r in zip(train_rows["prompt"], train_rows["chosen"], train_rows["rejected"]))
 
 
 @pytest.fixture
 def tiny_reward_model(tmp_path):
     tokenizer = char_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     LlamaForSequenceClassification(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -128,7 +132,8 @@ def test_reward_model_gold_rejects_bad_label(tiny_reward_model):
 
 def test_untrained_policy_has_zero_kl_and_even_win_rate_then_training_moves_it(tmp_path):
     # lr = 0: the policy stays the reference, through the whole real pipeline.
-    still = train(compose_train(SMALL + ["optimizer.lr=0", "trainer.max_steps=2"], output_dir=tmp_path / "still")).metrics
+    still = train(compose_train(SMALL + ["optimizer.lr=0", "trainer.max_steps=2"],
+                                output_dir=tmp_path / "still")).metrics
     assert still["eval/kl"] == pytest.approx(0.0, abs=1e-4)
     assert abs(still["eval/win_rate"] - 0.5) < 3 * still["eval/win_rate_stderr"]
     assert 0 < still["eval/win_rate_stderr"] < 0.05
@@ -170,7 +175,8 @@ def test_labels_and_gold_agree_on_the_data_and_part_off_its_support():
 
 def test_pairs_seed_redraws_only_the_pairs():
     base = SyntheticPreferences(num_pairs=100, num_demonstrations=50, seed=0)
-    assert SyntheticPreferences(num_pairs=100, seed=0, pairs_seed=0).preferences().to_list() == base.preferences().to_list()
+    same = SyntheticPreferences(num_pairs=100, seed=0, pairs_seed=0)
+    assert same.preferences().to_list() == base.preferences().to_list()
     other = SyntheticPreferences(num_pairs=100, num_demonstrations=50, seed=0, pairs_seed=1)
     assert other.preferences()["prompt"] != base.preferences()["prompt"]
     assert other.demonstrations().to_list() == base.demonstrations().to_list()

@@ -17,9 +17,10 @@ from gpo.wandb_offline import find_runs, read_run
 
 COMMON = [
     "model.sft.steps=0", "data.source.num_pairs=320", "data.shuffle=false", "reference=frozen",
-    "trainer.max_steps=5", "trainer.val_check_interval=5", "+trainer.limit_val_batches=2", "trainer.log_every_n_steps=1",
-    "callbacks.sample_evaluation.num_prompts=6", "callbacks.sample_evaluation.max_new_tokens=8", "~callbacks.progress_bar",
-    "optimizer.lr=1e-3", "scheduler.num_warmup_steps=0",
+    "trainer.max_steps=5", "trainer.val_check_interval=5", "+trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks.sample_evaluation.num_prompts=6", "callbacks.sample_evaluation.max_new_tokens=8",
+    "~callbacks.progress_bar", "optimizer.lr=1e-3", "scheduler.num_warmup_steps=0",
 ]
 
 

@@ -125,7 +125,8 @@ def test_ultrafeedback_renders_the_chat_template_and_masks_only_the_answer(tmp_p
     # One BOS (the template's; the tokenizer adds none), special tokens as single ids.
     assert prompt.count(tokenizer.bos_token_id) == 1 and prompt[0] == tokenizer.bos_token_id
     assert prompt.count(start) == 3 and prompt.count(end) == 2
-    assert prompt[-len("assistant\n") - 1 :] == [start] + tokenizer("assistant\n", add_special_tokens=False)["input_ids"]
+    assistant = tokenizer("assistant\n", add_special_tokens=False)["input_ids"]
+    assert prompt[-len("assistant\n") - 1 :] == [start] + assistant
     # The answer, its end-of-turn marker, then EOS unless EOS is that marker.
     expected = tokenizer("Hello!", add_special_tokens=False)["input_ids"] + [end]
     assert chosen == (expected if eos_token else expected + [tokenizer.eos_token_id])
@@ -158,7 +159,8 @@ def test_tldr_comparisons_take_the_chosen_summary_by_choice(tmp_path):
 
 
 def test_generic_preferences_map_columns_in_text_and_conversational_forms(tmp_path):
-    text = write_jsonl(tmp_path / "text.jsonl", [{"question": f"Q{i}?", "good": f" yes {i}", "bad": " no"} for i in range(10)])
+    text = write_jsonl(tmp_path / "text.jsonl",
+                       [{"question": f"Q{i}?", "good": f" yes {i}", "bad": " no"} for i in range(10)])
     source = Preferences(path=str(text), prompt_column="question", chosen_column="good", rejected_column="bad")
     data = source.preferences()  # one file: a single split, validation held out by the data module
     assert data[3] == {"prompt": "Q3?", "chosen": " yes 3", "rejected": " no", "problem": ""}
@@ -180,7 +182,8 @@ def test_generic_preferences_map_columns_in_text_and_conversational_forms(tmp_pa
 
 
 def test_truncation_is_counted_and_pairs_identical_after_it_dropped(tmp_path, caplog):
-    rows = [{"prompt": "p" * 30, "chosen": "same start, then A", "rejected": "same start, then B"},  # identical once cut
+    rows = [{"prompt": "p" * 30, "chosen": "same start, then A",
+             "rejected": "same start, then B"},  # identical once cut
             {"prompt": "short", "chosen": "ok", "rejected": "no"},
             {"prompt": "q" * 30, "chosen": "a" * 40, "rejected": "b"}]
     write_jsonl(tmp_path / "d" / "train.jsonl", rows)

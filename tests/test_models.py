@@ -105,7 +105,8 @@ def test_lora_reference_logps_equal_the_frozen_base_model(tmp_path, saved_model,
     policy, tokenizer = pretrained_causal_lm(str(saved_model))
     base, _ = pretrained_causal_lm(str(saved_model))
     policy = with_lora(policy, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
-    dm = PreferenceDataModule(Preferences(path=str(pairs)), tokenizer, max_length=64, max_prompt_length=48, batch_size=4)
+    dm = PreferenceDataModule(Preferences(path=str(pairs)), tokenizer, max_length=64, max_prompt_length=48,
+                              batch_size=4)
     reference = AdapterReference(initial=None)  # no second copy of the weights: the initial policy is never built
     reference.setup(policy, dm, torch.device("cpu"))
     module = GPOModule(policy, reference, Logistic(), beta=0.1, optimizer=functools.partial(torch.optim.AdamW, lr=3e-2))

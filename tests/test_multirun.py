@@ -1,4 +1,5 @@
-"""The README's sweep through Hydra multirun: every loss in conf/loss trains a few steps, one W&B run each, one report."""
+"""The README's sweep through Hydra multirun: every loss in conf/loss trains a
+few steps, one W&B run each, one report."""
 
 import math
 import os
@@ -20,7 +21,8 @@ LOSSES = sorted(group_options("loss"))  # a new conf/loss/*.yaml joins the sweep
 def test_loss_glob_sweep_leaves_one_wandb_run_per_loss_and_a_report_of_all(tmp_path):
     command = [sys.executable, "src/train.py", "-m", "loss=glob(*)", "beta=0.1", "trainer.max_steps=5", "num_threads=1",
                *FAST, *SMALL_TASK, f"hydra.sweep.dir={tmp_path}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "WANDB_SILENT": "true"})
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "WANDB_SILENT": "true"})
     assert result.returncode == 0, result.stderr[-3000:]
 
     summaries = [RunSummary.read(path) for path in tmp_path.glob("*/summary.json")]

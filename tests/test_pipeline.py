@@ -128,7 +128,8 @@ def test_sft_stage_and_preference_pairs_tokenize_the_same_text_to_the_same_ids()
     demonstration = tokenize_demonstration(dict(prompt="abc:", response="hello"), tokenizer, 64, 32)
     assert demonstration["input_ids"] == pair["chosen_input_ids"]
     assert demonstration["prompt_length"] == pair["prompt_length"]
-    assert demonstration["input_ids"][0] == tokenizer.bos_token_id and demonstration["input_ids"][-1] == tokenizer.eos_token_id
+    assert (demonstration["input_ids"][0] == tokenizer.bos_token_id
+            and demonstration["input_ids"][-1] == tokenizer.eos_token_id)
     # Truncated the same way too: the prompt keeps its end, the response its start.
     pair = tokenize_pair(dict(prompt="0123456789:", chosen="abcdefghij", rejected="x"), tokenizer, 10, 4)
     demonstration = tokenize_demonstration(dict(prompt="0123456789:", response="abcdefghij"), tokenizer, 10, 4)

@@ -94,7 +94,8 @@ def test_disk_cache_publishes_whole_entries_and_rebuilds_unreadable_ones(tmp_pat
         return json.loads((directory / "value.json").read_text())
 
     value, outcome = cache.get_or_build("kind", "key", read, write, describe={"what": "a number"})
-    assert (value, outcome.status) == (42, "built") and writes[0] != cache.path("kind", "key")  # written elsewhere first
+    assert ((value, outcome.status) == (42, "built")
+            and writes[0] != cache.path("kind", "key"))  # written elsewhere first
     assert json.loads((cache.path("kind", "key") / "meta.json").read_text()) == {"key": "key", "what": "a number"}
     assert cache.get_or_build("kind", "key", read, write)[1].status == "loaded" and len(writes) == 1
     (cache.path("kind", "key") / "value.json").write_text("{not json")

@@ -138,8 +138,9 @@ def test_preemption_signal_checkpoints_the_current_step_requeues_and_resumes(tmp
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
     (bin_dir / "scontrol").chmod(0o755)
-    process = start(*RUN, "logger=csv", f"hydra.run.dir={run_dir}", "+callbacks.pause._target_=test_resume.PauseAt",
-                    "+callbacks.pause.step=6", f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}",
+    process = start(*RUN, "logger=csv", f"hydra.run.dir={run_dir}",
+                    "+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=6",
+                    f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}",
                     SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     wait_for(marker, process)
     process.send_signal(signal.SIGUSR1)
@@ -181,7 +182,8 @@ def test_resume_false_starts_over_and_a_named_run_without_checkpoint_is_an_error
     assert again.metrics["train/loss"] == pytest.approx(first.metrics["train/loss"], rel=1e-6)
     with pytest.raises(InputError, match=r"resume=.*nowhere: no checkpoint to resume from"):
         train(compose_train([*FAST, f"resume={tmp_path / 'nowhere'}"], output_dir=tmp_path / "other"))
-    assert compose_train([f"resume={tmp_path}"]) and HydraConfig.get().run.dir == str(tmp_path)  # the run continues there
+    # The run continues there.
+    assert compose_train([f"resume={tmp_path}"]) and HydraConfig.get().run.dir == str(tmp_path)
 
 
 KILLER = """
@@ -231,8 +233,9 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_pat
     assert int(torch.load(tmp_path / "atomic.ckpt", weights_only=True)["step"]) == 1
     with pytest.raises(RuntimeError, match="corrupted"):
         torch.load(tmp_path / "lightning.ckpt", weights_only=True)
+    # The killed write's partial file is hidden, overwritten next time.
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
-        "atomic.ckpt", "last.ckpt", "lightning.ckpt"]  # the killed write's partial file is hidden, overwritten next time
+        "atomic.ckpt", "last.ckpt", "lightning.ckpt"]
 
 
 def multirun(sweep_dir, *overrides, wait=True):
@@ -290,9 +293,11 @@ def test_the_optuna_preset_stopped_after_two_trials_resumes_to_the_full_count(tm
     assert len(complete) == 3 and complete[2].params == trials[2].params  # the interrupted trial, run again
     summaries = {p.parent.name: RunSummary.read(p) for p in sweep.glob("*/summary.json")}
     assert len(summaries) == 3 and all(s.finished for s in summaries.values())
-    lrs = [float(next(o for o in s.overrides if o.startswith("optimizer.lr=")).split("=")[1]) for s in summaries.values()]
+    lrs = [float(next(o for o in s.overrides if o.startswith("optimizer.lr=")).split("=")[1])
+           for s in summaries.values()]
     assert all(0.01 <= s.beta <= 2.0 for s in summaries.values()) and all(1e-5 <= lr <= 1e-3 for lr in lrs)
-    assert {s.loss for s in summaries.values()} <= {"dpo", "ipo", "slic", "exponential", "truncated_quadratic", "savage"}
+    preset_losses = {"dpo", "ipo", "slic", "exponential", "truncated_quadratic", "savage"}
+    assert {s.loss for s in summaries.values()} <= preset_losses
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == {"beta", "optimizer.lr", "loss"}
     accuracies = [s.metrics["val/rewards/accuracies"] for s in summaries.values()]

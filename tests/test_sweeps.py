@@ -60,7 +60,8 @@ def test_parallel_jobs_on_pinned_devices_with_one_failing_then_report(tmp_path):
     # Two worker processes, each on its own device for all its jobs.
     devices = {}
     for job in jobs:
-        line = next(row for row in (sweep / job / "train.log").read_text().splitlines() if "runs its jobs on GPU" in row)
+        log_lines = (sweep / job / "train.log").read_text().splitlines()
+        line = next(row for row in log_lines if "runs its jobs on GPU" in row)
         pid, gpu = line.split("Process ")[1].split(" runs its jobs on GPU ")
         devices.setdefault(pid, set()).add(gpu)
     assert len(devices) == 2 and sorted(min(g) for g in devices.values()) == ["0", "1"]

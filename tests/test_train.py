@@ -61,7 +61,8 @@ def test_the_trained_policy_is_saved_in_hugging_face_format(tmp_path):
     datamodule.setup()
     batch = next(iter(datamodule.val_dataloader()))
     with torch.no_grad():
-        torch.testing.assert_close(torch.stack(pair_logps(exported, batch)), torch.stack(pair_logps(trained.eval(), batch)))
+        torch.testing.assert_close(torch.stack(pair_logps(exported, batch)),
+                                   torch.stack(pair_logps(trained.eval(), batch)))
 
     off = train(compose_train(["logger=csv", *FAST, *SMALL_TASK, "~callbacks.sample_evaluation", "export.policy=false",
                                "trainer.max_steps=1"], output_dir=tmp_path / "off"))

@@ -97,7 +97,8 @@ class ResumableLoader(DataLoader):
 
     def __iter__(self):
         sampler = self.sampler
-        self._handed_out = sampler.skip[1] // self.batch_size if sampler.skip and sampler.skip[0] == sampler.epoch else 0
+        self._handed_out = (sampler.skip[1] // self.batch_size
+                            if sampler.skip and sampler.skip[0] == sampler.epoch else 0)
         for batch in super().__iter__():
             self._handed_out += 1
             yield batch

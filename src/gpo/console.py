@@ -44,7 +44,8 @@ class StepProgressBar(RichProgressBar):
         if not self._by_steps(trainer):
             return super().on_train_epoch_start(trainer, pl_module)
         if self.progress is not None and self.train_progress_bar_id is None:
-            self.train_progress_bar_id = self._add_task(trainer.max_steps, f"{'Training':{len(self.validation_description)}}")
+            description = f"{'Training':{len(self.validation_description)}}"
+            self.train_progress_bar_id = self._add_task(trainer.max_steps, description)
         self.refresh()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

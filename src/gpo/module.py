@@ -132,5 +132,6 @@ class GPOModule(pl.LightningModule):
         optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches))
+        scheduler = self.scheduler_factory(optimizer=optimizer,
+                                           num_training_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -117,7 +117,8 @@ def train(cfg: DictConfig) -> RunSummary:
         if export.get("policy", False) and isinstance(trainer.strategy, FSDPStrategy):
             log.warning("export.policy: skipped under FSDP (sharded weights); export from the checkpoint instead")
         elif export.get("policy", False):
-            summary.stages["export"] = asdict(export_policy(module.policy, tokenizer, run_dir, export.get("merged", False)))
+            exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False))
+            summary.stages["export"] = asdict(exported)
     summary.wall_time_s = time.perf_counter() - start
     if trainer.is_global_zero:
         summary.write(run_dir)
@@ -208,7 +209,8 @@ def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
     if mode == "none":
         return cfg.beta, mode
     if not isinstance(loss_fn, GPOLoss) or not loss_fn.regularisation_scale > 0:
-        log.warning("beta_scale=%s: %s has no f''(0) > 0 to scale by; beta stays %g", mode, choice("loss", cfg), cfg.beta)
+        log.warning("beta_scale=%s: %s has no f''(0) > 0 to scale by; beta stays %g",
+                    mode, choice("loss", cfg), cfg.beta)
         return cfg.beta, "none"
     if mode == "taylor":
         factor = Squared().regularisation_scale / loss_fn.regularisation_scale

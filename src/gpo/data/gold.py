@@ -48,7 +48,8 @@ class RewardModelGold:
         self.model.requires_grad_(False)
         if not 0 <= label < self.model.config.num_labels:
             raise InputError(
-                f"gold reward model {name_or_path} has {self.model.config.num_labels} output(s); label={label} is out of range"
+                f"gold reward model {name_or_path} has {self.model.config.num_labels} output(s); "
+                f"label={label} is out of range"
             )
         if self.tokenizer.pad_token is None:  # decoder-only reward models often lack one; padding is masked anyway
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -66,7 +67,8 @@ class RewardModelGold:
         for start in range(0, len(prompts), self.batch_size):
             p, r = prompts[start : start + self.batch_size], responses[start : start + self.batch_size]
             texts = (p, r) if self.pair_input else ([a + b for a, b in zip(p, r)],)
-            batch = self.tokenizer(*texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            batch = self.tokenizer(*texts, padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt")
             logits = self.model(**batch.to(self.device)).logits
             scores += logits[:, self.label].float().tolist()
         return scores
@@ -106,6 +108,7 @@ def relabel(pairs: Dataset, gold_reward, temperature: float, seed: int = 0, batc
     # Cached by `datasets` for file-backed data: a reward model pass over a
     # large dataset is paid once per (data, gold, temperature, seed). The key is
     # given, not hashed from the function, which would serialise the model.
-    identity = f"{pairs._fingerprint}|{getattr(gold_reward, 'name', type(gold_reward).__qualname__)}|{temperature}|{seed}"
+    gold_name = getattr(gold_reward, "name", type(gold_reward).__qualname__)
+    identity = f"{pairs._fingerprint}|{gold_name}|{temperature}|{seed}"
     return pairs.map(label, batched=True, batch_size=batch_size, with_indices=True, desc="Gold relabelling",
                      new_fingerprint=hashlib.sha256(identity.encode()).hexdigest()[:16])

@@ -139,7 +139,8 @@ class SampleEvaluation(pl.Callback):
 
     def on_train_start(self, trainer, module):
         step = trainer.global_step  # 0, or where a resumed run continues (evaluated already if it was due)
-        if self.every_n_steps and step % self.every_n_steps == 0 and trainer.is_global_zero and not self._evaluated_at(step):
+        due = self.every_n_steps and step % self.every_n_steps == 0
+        if due and trainer.is_global_zero and not self._evaluated_at(step):
             self.evaluate(trainer, module)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):

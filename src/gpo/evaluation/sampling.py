@@ -81,7 +81,8 @@ def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, m
                 row["gold_reference"] = gold_reward(text, row["reference"])
                 policy_gold.append(row["gold_policy"])
                 reference_gold.append(row["gold_reference"])
-                wins.append(0.5 if row["gold_policy"] == row["gold_reference"] else float(row["gold_policy"] > row["gold_reference"]))
+                wins.append(0.5 if row["gold_policy"] == row["gold_reference"]
+                            else float(row["gold_policy"] > row["gold_reference"]))
             rows.append(row)
     policy.train(was_training)
 

@@ -40,7 +40,8 @@ class InitialPolicy:
     def _sft_entry_key(self) -> str:
         if self._sft_key is None:
             demonstrations = self.datamodule.demonstrations()
-            self._sft_key = digest(self.model_key, self.sft, token_digest(demonstrations, ("prompt_length", "input_ids")))
+            self._sft_key = digest(self.model_key, self.sft,
+                                   token_digest(demonstrations, ("prompt_length", "input_ids")))
         return self._sft_key
 
     def prepare(self, model: torch.nn.Module) -> Outcome | None:

@@ -120,7 +120,8 @@ class SyntheticPreferences:
             a, b = self._behaviour_response(rng, prompt), self._behaviour_response(rng, prompt)
             p_a = bradley_terry(self.label_reward(prompt, a), self.label_reward(prompt, b), self.reward_temperature)
             chosen, rejected, p = (a, b, p_a) if rng.random() < p_a else (b, a, 1.0 - p_a)
-            rows.append(dict(prompt=prompt, chosen=chosen, rejected=rejected, gold_chosen=self.gold_reward(prompt, chosen),
+            rows.append(dict(prompt=prompt, chosen=chosen, rejected=rejected,
+                             gold_chosen=self.gold_reward(prompt, chosen),
                              gold_rejected=self.gold_reward(prompt, rejected), preference_probability=p))
         return Dataset.from_list(rows)
 
