@@ -9,7 +9,7 @@ Data flows one way:
 
 `train(cfg)` returns the summary; `run_job(cfg)` is the entry point's job:
 bad input in one line, any failure recorded in summary.json and W&B, a
-finished run skipped, an interrupted one resumed (`resume`, gpo/checkpoints.py).
+finished run skipped, an interrupted one resumed (`resume`: gpo/resume.py, gpo/checkpoints.py).
 """
 
 # First: imported after Lightning, wandb's pydantic models take ~15 s longer to
@@ -17,11 +17,9 @@ finished run skipped, an interrupted one resumed (`resume`, gpo/checkpoints.py).
 import wandb  # isort: skip
 
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -30,11 +28,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.strategies import FSDPStrategy
-from pytorch_lightning.utilities import rank_zero_only
 
 from gpo import console
 from gpo.cache import DiskCache, digest
-from gpo.checkpoints import Interrupted, last_checkpoint, signal_handlers_kept
+from gpo.checkpoints import Interrupted, signal_handlers_kept
 from gpo.config import check_config, instantiate, torch_threads
 from gpo.data.module import file_stamps
 from gpo.errors import InputError
@@ -45,8 +42,9 @@ from gpo.losses.base import link_ratio
 from gpo.models import compile_policy, device_for, with_lora
 from gpo.module import GPOModule
 from gpo.reference import InitialPolicy, NoReference
+from gpo.resume import finished_run, resume_checkpoint, wandb_resume
 from gpo.secrets import redact, redacted_argv
-from gpo.summary import FAILED, FILENAME, RunSummary, SummaryContributor
+from gpo.summary import FAILED, RunSummary, SummaryContributor
 
 log = logging.getLogger(__name__)
 
@@ -143,60 +141,6 @@ def finish_wandb(exit_code: int = 0) -> None:
     if wandb.run is not None:
         wandb.finish(exit_code=exit_code)
     wandb.teardown()
-
-
-RESUME_OFF = (False, None, "false", "never")
-
-
-def resume_checkpoint(cfg: DictConfig, run_dir: str) -> Path | None:
-    """The checkpoint this run continues from: `resume=auto` (default) the run
-    directory's checkpoints/last.ckpt if there is one (a re-run with a fixed
-    hydra.run.dir, a sweep re-run into its directory, a requeued job);
-    `resume=<run dir>` that directory's (hydra.run.dir follows it, see
-    conf/train.yaml), an error if it has none; `resume=false` none."""
-    mode = cfg.get("resume", "auto")
-    if mode in RESUME_OFF:
-        return None
-    if mode == "auto":
-        path = last_checkpoint(run_dir)
-        return path if path.exists() else None
-    path = last_checkpoint(mode)
-    if not path.exists():
-        raise InputError(f"resume={mode}: no checkpoint to resume from ({path} does not exist)")
-    return path
-
-
-def finished_run(cfg: DictConfig, run_dir: str) -> RunSummary | None:
-    """The summary of this run directory if it records a finished run (and resume is not off)."""
-    path = Path(run_dir) / FILENAME
-    if cfg.get("resume", "auto") in RESUME_OFF or not path.exists():
-        return None
-    try:
-        summary = RunSummary.read(path)
-    except (OSError, ValueError, TypeError):
-        return None
-    return summary if summary.finished else None
-
-
-WANDB_ID = "wandb_id"  # in the run directory: the W&B run id, so a resumed run continues the same W&B run
-
-
-def wandb_resume(logger_cfg: DictConfig, run_dir: str) -> dict:
-    """id and resume="allow" for a WandbLogger: the id stored in the run
-    directory, or a new one stored there (by rank 0: the only rank that logs)."""
-    if not str(logger_cfg.get("_target_", "")).endswith("WandbLogger") or logger_cfg.get("id"):
-        return {}
-    path = Path(run_dir) / WANDB_ID
-    if path.exists():
-        run_id = path.read_text().strip()
-    else:
-        run_id = wandb.util.generate_id()
-        if rank_zero_only.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{WANDB_ID}.{os.getpid()}")
-            tmp.write_text(run_id)
-            os.replace(tmp, path)
-    return {"id": run_id, "resume": "allow"}
 
 
 def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
