@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Losses that claim robustness to over-optimisation, on the over-optimisation testbed
 # (docs/reproduction.md, section "chi-PO and RPO"): chi-PO and RPO against DPO on the
-# reproduction's beta grid, 3 seeds = 90 runs (~13 min on 2 CPU cores), then the report.
+# reproduction's beta grid, 3 seeds = 90 runs (~10 min on 2 CPU cores), then the report.
 #   bash sweeps/overoptimisation_losses.sh
 #   LOSSES=dpo,chipo BETAS=0.5,1 SEEDS=1 bash sweeps/overoptimisation_losses.sh trainer.max_steps=20   # smoke test
 set -euo pipefail
