@@ -341,6 +341,7 @@ def main(argv=None) -> None:
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # workers run from the repository root
     if args.config:
         return worker(args)
 

@@ -24,6 +24,8 @@ def test_loss_glob_sweep_leaves_one_wandb_run_per_loss_and_a_report_of_all(tmp_p
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, "WANDB_SILENT": "true"})
     assert result.returncode == 0, result.stderr[-3000:]
+    # A quiet console: no library progress bars (datasets' maps, transformers' loading and export), 22 jobs long.
+    assert "it/s]" not in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
 
     summaries = [RunSummary.read(path) for path in tmp_path.glob("*/summary.json")]
     assert sorted(s.loss for s in summaries) == LOSSES

@@ -1,6 +1,7 @@
 """A quiet console: one line per stage from us, a progress bar counting
-steps; library chatter off unless `verbose=true` (datasets progress bars, Lightning's device and tip lines,
-W&B's banners, deprecation warnings from inside the libraries)."""
+steps; library chatter off unless `verbose=true` (datasets and transformers
+progress bars, Lightning's device and tip lines, W&B's banners, deprecation
+warnings from inside the libraries)."""
 
 import logging
 import os
@@ -18,8 +19,10 @@ CHATTY_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.ut
 def configure(verbose: bool = False) -> None:
     if verbose:
         datasets.enable_progress_bars()
+        transformers.logging.enable_progress_bar()
         return
     datasets.disable_progress_bars()
+    transformers.logging.disable_progress_bar()  # "Loading weights", "Writing model shards" (the export)
     datasets.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
     for name in CHATTY_LOGGERS:
