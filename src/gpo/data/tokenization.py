@@ -243,9 +243,6 @@ def token_digest(dataset: Dataset, columns: tuple[str, ...]) -> str:
     """sha256 of `columns` (token-id lists and integers) of every row, in
     order: part of cache keys, because a config does not pin the data (a file
     edited in place has the same path). Vectorised over Arrow buffers."""
-
-    import numpy as np
-
     digest = hashlib.sha256()
     for table in dataset.select_columns(list(columns)).with_format("arrow").iter(batch_size=DIGEST_ROWS):
         for name in columns:
