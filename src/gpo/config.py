@@ -1,6 +1,7 @@
 """Config checks and resolvers shared by the entry points."""
 
 import math
+import os
 from pathlib import Path
 
 import hydra
@@ -24,10 +25,13 @@ def run_group() -> str:
 OmegaConf.register_new_resolver("run_group", run_group, replace=True)
 
 
+RESUME_OFF = (False, None, "false", "never")  # `resume` values that start over (gpo.resume)
+
+
 def resume_dir(resume, default: str) -> str:
     """hydra.run.dir: the run directory `resume=<run dir>` names (the run
     continues there), else `default` (resume=auto or false)."""
-    return default if resume in (None, False, "auto", "false", "never") else str(resume)
+    return default if resume in RESUME_OFF or resume == "auto" else str(resume)
 
 
 OmegaConf.register_new_resolver("resume_dir", resume_dir, replace=True)
@@ -80,8 +84,6 @@ def torch_threads(setting, cpu_processes: int = 1) -> int | None:
     for more threads than cores (more make torch's threads wait on each
     other). An OMP_NUM_THREADS set in the environment (a launcher's choice)
     is kept."""
-    import os
-
     if setting in (None, "null"):
         return None
     if setting != "auto":

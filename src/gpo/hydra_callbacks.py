@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gpo.secrets import redact
 from gpo.summary import FILENAME, RunSummary
@@ -57,8 +58,6 @@ class RedactSecrets(Callback):
     before the job starts: mask the secrets in them (gpo.secrets) as it starts."""
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
         hydra_cfg = HydraConfig.get()
         files = []
         if hydra_cfg.output_subdir is not None:
@@ -75,9 +74,6 @@ class CheckOutputDir(Callback):
     not, instead of Hydra's traceback from deep inside its job runner."""
 
     def _check(self, config: DictConfig, key: str) -> None:
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf import OmegaConf
-
         HydraConfig.instance().set_config(config)  # what Hydra does before resolving the directory itself
         directory = Path(str(OmegaConf.select(config, key)))
         try:

@@ -10,10 +10,9 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
 from gpo.checkpoints import last_checkpoint
+from gpo.config import RESUME_OFF
 from gpo.errors import InputError
 from gpo.summary import FILENAME, RunSummary
-
-RESUME_OFF = (False, None, "false", "never")
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: str) -> Path | None:

@@ -134,6 +134,12 @@ def pad_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_tok
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
+def pack_width(lengths: list[int], row_length: int | None) -> int:
+    """Tokens per packed row: `row_length`, at least the longest sequence
+    (None: the longest; 0: one row holding them all)."""
+    return sum(lengths) if row_length == 0 else max(max(lengths), row_length or 0)
+
+
 def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
     """Sequence indices per row of `width` tokens, first-fit decreasing."""
     rows: list[list[int]] = []
@@ -166,7 +172,7 @@ def pack_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_to
     attention cost that of a padded batch while the other layers see (almost)
     no padding."""
     lengths = np.array([len(s) for s in sequences])
-    width = int(lengths.sum()) if row_length == 0 else max(int(lengths.max()), row_length or 0)
+    width = pack_width(lengths.tolist(), row_length)
     rows = rows if rows is not None else pack_rows(lengths.tolist(), width)
     # One flat pass instead of a tensor per sequence: where each sequence starts in the [rows x width] grid.
     order = np.array([i for members in rows for i in members])
@@ -222,8 +228,7 @@ class PairCollator:
         packed_rows = None
         if self.packing:
             lengths = [len(s) for s in sequences]
-            width = sum(lengths) if self.pack_length == 0 else max(max(lengths), self.pack_length or 0)
-            packed_rows = pack_rows(lengths, width)
+            packed_rows = pack_rows(lengths, pack_width(lengths, self.pack_length))
         if packed_rows is not None and len(packed_rows) < len(sequences):
             batch = pack_sequences(sequences, prompt_lengths, self.pad_token_id, self.pack_length, packed_rows)
         else:  # packing off, or no two sequences fit in one row: padding is the same work with a simpler mask

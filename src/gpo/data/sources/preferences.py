@@ -15,6 +15,8 @@ split gets a `problem` (why); the data module drops such rows, counted by
 reason, or stops on the first with `data.strict=true`.
 """
 
+import codecs
+import importlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -44,9 +46,6 @@ def check_text(path: str, chunk: int = 1 << 20) -> None:
     """A JSON/CSV file (compressed or not) must be non-empty UTF-8 text:
     checked in one streaming pass, so a bad byte is named with its offset
     instead of surfacing later as a decoding error deep inside a reader."""
-    import codecs
-    import importlib
-
     suffix = os.path.splitext(str(path).lower())[1]
     if suffix in (".zst", ".zip"):  # read by datasets only; their errors are reported as they come
         return
