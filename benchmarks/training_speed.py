@@ -245,7 +245,7 @@ def bare_worker(args, padded: bool) -> dict:
     from gpo.data.batching import LengthGroupedSampler, pair_lengths
     from gpo.data.sources.preferences import HHRLHF
     from gpo.data.tokenization import PairCollator, real_tokens, tokenize_pair
-    from gpo.logprobs import LogProbs
+    from gpo.model import LogProbs
 
     torch.manual_seed(0)
     assets = Path(args.assets)

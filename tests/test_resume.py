@@ -21,11 +21,11 @@ from hydra.core.hydra_config import HydraConfig
 from lightning_fabric.plugins.io import TorchCheckpointIO, torch_io
 
 from conftest import FAST, ROOT, SMALL_TASK, compose_train
-from gpo.checkpoints import AtomicCheckpointIO, CheckpointOnSignal, Interrupted
-from gpo.errors import InputError
+from gpo.infra.errors import InputError
+from gpo.infra.summary import RunSummary
 from gpo.run import train
-from gpo.summary import RunSummary
-from gpo.wandb_offline import find_runs
+from gpo.training import AtomicCheckpointIO, CheckpointOnSignal, Interrupted
+from wandb_records import find_runs
 
 
 class PauseAt(pl.Callback):
@@ -189,7 +189,7 @@ def test_resume_false_starts_over_and_a_named_run_without_checkpoint_is_an_error
 KILLER = """
 import io, os, signal, sys, torch
 from lightning_fabric.plugins.io import torch_io
-from gpo.checkpoints import AtomicCheckpointIO
+from gpo.training import AtomicCheckpointIO
 AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1), "weights": torch.zeros(1000)}, sys.argv[1])
 
 def killed_midway(checkpoint, path):  # Lightning's writer, killed after half the bytes

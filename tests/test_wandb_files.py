@@ -6,7 +6,7 @@ service, a separate process, has the run's last record; the service writes
 and closes the run file later. The pytest process's service also stayed up
 between tests, and its WANDB_SERVICE variable went into every CLI subprocess's
 environment, so those subprocesses handed their runs to it and exited before
-their files were written. train() now shuts its service down (gpo.run.finish_wandb).
+their files were written. train() now shuts its service down (gpo.infra.tracking.finish).
 """
 
 import os
@@ -18,7 +18,7 @@ from wandb.sdk.lib.service import service_connection
 
 from conftest import FAST, SMALL_TASK, compose_train
 from gpo.run import train
-from gpo.wandb_offline import find_runs, read_run
+from wandb_records import find_runs, read_run
 
 
 def test_offline_run_is_complete_when_train_returns_even_if_the_service_lags(tmp_path, monkeypatch):
