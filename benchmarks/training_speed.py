@@ -138,7 +138,6 @@ def peak_memory_mb(device: str) -> float:
 
 def project_worker(args, variant: str) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
-    import wandb  # noqa: F401  (before Lightning, as src/train.py)
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict

@@ -12,9 +12,6 @@ bad input in one line, any failure recorded in summary.json and W&B, a
 finished run skipped, an interrupted one resumed (gpo.training.resume).
 """
 
-# First: wandb before Lightning (see gpo/infra/tracking.py).
-from gpo.infra import tracking  # isort: skip
-
 import logging
 import sys
 import time
@@ -26,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gpo.infra import console
+from gpo.infra import console, tracking
 from gpo.infra.cache import DiskCache
 from gpo.infra.config import check_config, instantiate, torch_threads
 from gpo.infra.errors import InputError

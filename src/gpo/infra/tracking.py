@@ -9,13 +9,12 @@ one room for everything W&B-specific.
 Other loggers (conf/logger/csv.yaml) pass through untouched.
 """
 
-# First: imported after Lightning, wandb's pydantic models take ~15 s longer to
-# build (their docstring extraction scans every loaded module).
-import wandb  # isort: skip
-
 import os
+import secrets
+import string
 from pathlib import Path
 
+import wandb
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -24,6 +23,13 @@ from gpo.infra.config import instantiate
 from gpo.infra.secrets import redact, redacted_argv
 
 WANDB_ID = "wandb_id"  # in the run directory: the W&B run id, so a resumed run continues the same W&B run
+
+
+def new_run_id() -> str:
+    """A W&B run id in W&B's own format (8 base-36 characters). wandb no longer
+    exposes its generator (wandb.util.generate_id, gone in 0.23); from the OS's
+    entropy, like it, so the run's seeded random generators are not touched."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
 def resume_id(logger_cfg: DictConfig, run_dir: str) -> dict:
@@ -35,7 +41,7 @@ def resume_id(logger_cfg: DictConfig, run_dir: str) -> dict:
     if path.exists():
         run_id = path.read_text().strip()
     else:
-        run_id = wandb.util.generate_id()
+        run_id = new_run_id()
         if rank_zero_only.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{WANDB_ID}.{os.getpid()}")
