@@ -6,6 +6,8 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # What each part of gpo may import besides itself. The top (run, sweep, and
@@ -109,15 +111,7 @@ def test_the_checks_see_an_upward_import(tmp_path, monkeypatch):
     (tmp_path / "gpo" / "training" / "module.py").write_text("import gpo.infra.bad\n")
     monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path)
     assert graph()["gpo.infra.bad"] == {"gpo.training.module"}
-    try:
+    with pytest.raises(AssertionError, match="gpo.infra.bad imports gpo.training.module"):
         test_each_part_imports_only_the_parts_below_it()
-    except AssertionError as error:
-        assert "gpo.infra.bad imports gpo.training.module" in str(error)
-    else:
-        raise AssertionError("the upward import was not caught")
-    try:
+    with pytest.raises(AssertionError, match="gpo.infra.bad -> gpo.training.module -> gpo.infra.bad"):
         test_no_import_cycles()
-    except AssertionError as error:
-        assert "gpo.infra.bad -> gpo.training.module -> gpo.infra.bad" in str(error)
-    else:
-        raise AssertionError("the cycle was not caught")
