@@ -42,7 +42,7 @@ def worker(args) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from gpo.data.tokenization import PairCollator
-    from gpo.logprobs import LogProbs
+    from gpo.model import LogProbs
 
     torch.set_num_threads(args.threads)
     path = PATHS[args.path]

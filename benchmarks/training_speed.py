@@ -138,7 +138,6 @@ def peak_memory_mb(device: str) -> float:
 
 def project_worker(args, variant: str) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
-    import wandb  # noqa: F401  (before Lightning, as src/train.py)
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
@@ -245,7 +244,7 @@ def bare_worker(args, padded: bool) -> dict:
     from gpo.data.batching import LengthGroupedSampler, pair_lengths
     from gpo.data.sources.preferences import HHRLHF
     from gpo.data.tokenization import PairCollator, real_tokens, tokenize_pair
-    from gpo.logprobs import LogProbs
+    from gpo.model import LogProbs
 
     torch.manual_seed(0)
     assets = Path(args.assets)

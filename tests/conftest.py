@@ -8,8 +8,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-import gpo.config  # noqa: F401  (registers the config resolvers)
-from gpo.run import finish_wandb
+import gpo.infra.config  # noqa: F401  (registers the config resolvers)
+from gpo.infra.tracking import finish as finish_wandb
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")

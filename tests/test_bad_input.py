@@ -16,14 +16,14 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import CONF, FAST, ROOT, SMALL_TASK, compose_train
 from gpo.data.sources import Preferences
-from gpo.errors import DataError, InputError
-from gpo.hydra_callbacks import CheckOutputDir
+from gpo.infra.errors import DataError, InputError
+from gpo.infra.hydra_callbacks import CheckOutputDir
+from gpo.infra.summary import RunSummary
 from gpo.losses import Logistic
-from gpo.module import NonFiniteLossError
 from gpo.reference import InitialPolicy
 from gpo.run import run_job, train
-from gpo.summary import RunSummary
-from gpo.wandb_offline import find_runs, read_run
+from gpo.training import NonFiniteLossError
+from wandb_records import find_runs, read_run
 
 
 class NaNAfter(Logistic):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpo.bandit import gpo_loss, implied_reward, kl, kl_optimum_logits, make_bandit, solve, trajectory
+from gpo.bandit.solver import gpo_loss, implied_reward, kl, kl_optimum_logits, make_bandit, solve, trajectory
 from gpo.losses import Exponential, Hinge, Logistic, Savage, Squared, TruncatedQuadratic
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from conftest import CONF, compose_train
 from gpo.data.gold import RewardModelGold, relabel
 from gpo.data.sources import CappedCount, CopiedCharacters, PreferredCharacters, SyntheticPreferences
-from gpo.models import char_tokenizer
+from gpo.model import char_tokenizer
 from gpo.run import train
 
 LOSSES = sorted(p.stem for p in Path(CONF, "loss").glob("*.yaml"))
@@ -124,7 +124,7 @@ def test_reward_model_gold_scores_by_name(tiny_reward_model):
 
 
 def test_reward_model_gold_rejects_bad_label(tiny_reward_model):
-    from gpo.errors import InputError
+    from gpo.infra.errors import InputError
 
     with pytest.raises(InputError, match="label=1"):
         RewardModelGold(str(tiny_reward_model), label=1)
@@ -185,7 +185,7 @@ def test_pairs_seed_redraws_only_the_pairs():
 
 def test_overoptimisation_seeds_vary_the_pairs_and_share_the_sft_reference(tmp_path):
     from gpo.data import PreferenceDataModule
-    from gpo.models import char_tokenizer
+    from gpo.model import char_tokenizer
     from gpo.reference import InitialPolicy
 
     cfgs = [compose_train(["experiment=overoptimisation", f"seed={seed}"], output_dir=tmp_path) for seed in (1, 2)]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpo.config import torch_threads
 from gpo.data.batching import LengthGroupedSampler
+from gpo.infra.config import torch_threads
 
 
 def padded_fraction(lengths, batches):
@@ -78,19 +78,17 @@ def test_jobs_in_one_process_reuse_prepared_data_unless_config_or_file_changes(t
     from hydra.utils import instantiate
 
     from conftest import compose_train
-    from gpo.cache import digest
-    from gpo.data.module import file_stamps
-    from gpo.models import char_tokenizer
+    from gpo.data import PreferenceDataModule
+    from gpo.model import char_tokenizer
 
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": f"q{i}:", "chosen": "yes" * (i % 5 + 1), "rejected": "no"})
                               for i in range(40)))
-    tokenizer = char_tokenizer()
 
-    def prepare(*overrides):
+    def prepare(*overrides, tokenizer=None):
         cfg = compose_train(["data=jsonl", f"data.source.train_files={path}", *overrides])
-        datamodule = instantiate(cfg.data, tokenizer=tokenizer)
-        datamodule.reuse_key = digest(cfg.data, cfg.model.policy, file_stamps(cfg.data))
+        # As gpo.run does: each job builds its own tokenizer; the module names its prepared data itself.
+        datamodule = instantiate(cfg.data, tokenizer=tokenizer or char_tokenizer())
         with caplog.at_level(logging.INFO, logger="gpo.data.module"):
             caplog.clear()
             datamodule.setup()
@@ -102,6 +100,13 @@ def test_jobs_in_one_process_reuse_prepared_data_unless_config_or_file_changes(t
     second, reused = prepare("beta=0.5")  # another job of the sweep: same data
     assert reused and second.tokenized["train"]["chosen_input_ids"] == first.tokenized["train"]["chosen_input_ids"]
     assert second.report == first.report and second.demonstrations() is demonstrations
+    _, reused = prepare("data.batch_size=4")  # batching is not part of the prepared data
+    assert reused
+    _, reused = prepare(tokenizer=char_tokenizer("abcdefghijklmnopqrstuvwxyz:0123456789"))  # other token ids
+    assert not reused
+    cfg = compose_train(["data=jsonl", f"data.source.train_files={path}"])
+    given = PreferenceDataModule(instantiate(cfg.data.source), char_tokenizer())  # an object: nothing names it
+    assert given.reuse_key is None
     _, reused = prepare("data.max_length=600")
     assert not reused
     path.write_text(path.read_text() + "\n" + json.dumps({"prompt": "new:", "chosen": "a", "rejected": "b"}))

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, compose_train
 from gpo.run import train
-from gpo.wandb_offline import find_runs, read_run
+from wandb_records import find_runs, read_run
 
 COMMON = [
     "model.sft.steps=0", "data.source.num_pairs=320", "data.shuffle=false", "reference=frozen",

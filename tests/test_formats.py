@@ -10,8 +10,8 @@ import pytest
 
 from gpo.data import PairCollator, PreferenceDataModule
 from gpo.data.sources import HHRLHF, Preferences, TLDRComparisons, UltraFeedbackBinarized
-from gpo.errors import DataError, InputError
-from gpo.models import char_tokenizer
+from gpo.infra.errors import DataError, InputError
+from gpo.model import char_tokenizer
 
 
 @pytest.fixture(autouse=True, scope="module")

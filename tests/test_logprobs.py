@@ -2,6 +2,7 @@
 chunked output heads give the padded, full-logits values (and gradients)."""
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -10,8 +11,8 @@ from transformers import Gemma2Config, LlamaConfig
 
 from conftest import compose_train
 from gpo.data.tokenization import PairCollator, real_tokens
-from gpo.logprobs import LogProbs, chunked_token_logps
-from gpo.models import packing_support, tiny_causal_lm
+from gpo.model import packing_support, tiny_causal_lm
+from gpo.model.logprobs import LogProbs, chunked_token_logps
 from gpo.reference import CachedReference
 
 FULL = LogProbs(chunk_mb=None)  # the plain path: the model's own logits over the whole vocabulary
@@ -104,7 +105,7 @@ def test_a_model_with_soft_capped_logits_gets_the_full_path(caplog):
     model, tokenizer = tiny_causal_lm(config)
     batch = PairCollator(tokenizer.pad_token_id)(random_pairs())
     logprobs = LogProbs()
-    with caplog.at_level(logging.INFO, logger="gpo.logprobs"):
+    with caplog.at_level(logging.INFO, logger="gpo.model.logprobs"):
         assert not logprobs.uses_chunks(model)
     assert "full-vocabulary logits" in caplog.text
     torch.testing.assert_close(logprobs.batch_logps(model, batch), FULL.batch_logps(model, batch))
@@ -163,3 +164,27 @@ def test_cached_reference_gets_the_same_values_packed_or_padded(tmp_path):
                                              torch.device("cpu"))
     assert len(values[True]) > 90
     torch.testing.assert_close(values[True], values[False], rtol=1e-5, atol=1e-5)
+
+
+class RecordingLogProbs(LogProbs):
+    """LogProbs that records who asked it for log-probs (the calling function's name)."""
+
+    callers: list[str] = []
+
+    def sequence_logps(self, *args, **kwargs):
+        RecordingLogProbs.callers.append(sys._getframe(1).f_code.co_name)
+        return super().sequence_logps(*args, **kwargs)
+
+
+def test_the_runs_logprobs_settings_reach_the_sft_stage_training_and_the_sample_evaluation(tmp_path):
+    """No process-wide default: `logprobs` (conf/train.yaml) is the one object
+    the SFT stage, the training step, the reference and the sample evaluation use."""
+    from conftest import FAST, SMALL_TASK
+    from gpo.run import train
+
+    RecordingLogProbs.callers.clear()
+    train(compose_train([*FAST, *SMALL_TASK, "model.sft.steps=2", f"cache_dir={tmp_path / 'cache'}",
+                         "logprobs._target_=test_logprobs.RecordingLogProbs", "logger=csv"],
+                        output_dir=tmp_path / "run"))
+    callers = set(RecordingLogProbs.callers)
+    assert {"training_step", "batch_logps", "response_logps"} <= callers, callers  # SFT; pairs; samples

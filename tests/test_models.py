@@ -16,13 +16,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 from conftest import FAST, compose_train
 from gpo.data import PreferenceDataModule
 from gpo.data.sources import Preferences
-from gpo.logprobs import pair_logps
 from gpo.losses import Logistic
-from gpo.models import pretrained_causal_lm, tiny_causal_lm, with_lora
-from gpo.module import GPOModule
+from gpo.model import LogProbs, pretrained_causal_lm, tiny_causal_lm, with_lora
 from gpo.reference import AdapterReference
 from gpo.run import train
-from gpo.wandb_offline import find_runs, read_run
+from gpo.training import GPOModule
+from wandb_records import find_runs, read_run
+
+LOGPROBS = LogProbs()  # the default settings
+pair_logps = LOGPROBS.pair_logps
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from conftest import FAST, ROOT, SMALL_TASK
-from gpo.config import group_options
-from gpo.summary import RunSummary
-from gpo.wandb_offline import find_runs, read_run
+from gpo.infra.config import group_options
+from gpo.infra.summary import RunSummary
+from wandb_records import find_runs, read_run
 
 LOSSES = sorted(group_options("loss"))  # a new conf/loss/*.yaml joins the sweep and this test by itself
 

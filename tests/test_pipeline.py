@@ -7,14 +7,17 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import compose_train
-from gpo.config import group_options
 from gpo.data import PairCollator, tokenize_pair
 from gpo.data.tokenization import tokenize_demonstration
-from gpo.logprobs import pair_logps, sequence_logps
+from gpo.infra.config import group_options
 from gpo.losses import GPOLoss
-from gpo.models import char_tokenizer, tiny_causal_lm
-from gpo.module import GPOModule
+from gpo.model import LogProbs, char_tokenizer, tiny_causal_lm
 from gpo.reference import FrozenReference
+from gpo.training import GPOModule
+
+LOGPROBS = LogProbs()  # the default settings
+pair_logps = LOGPROBS.pair_logps
+sequence_logps = LOGPROBS.sequence_logps
 
 # Every GPO family in conf/loss (a loss that is a function of beta * rho alone).
 GPO_FAMILIES = sorted(name for name, node in group_options("loss").items() if isinstance(instantiate(node), GPOLoss))
@@ -134,3 +137,29 @@ def test_sft_stage_and_preference_pairs_tokenize_the_same_text_to_the_same_ids()
     pair = tokenize_pair(dict(prompt="0123456789:", chosen="abcdefghij", rejected="x"), tokenizer, 10, 4)
     demonstration = tokenize_demonstration(dict(prompt="0123456789:", response="abcdefghij"), tokenizer, 10, 4)
     assert demonstration["input_ids"] == pair["chosen_input_ids"]
+
+
+def test_eval_mode_restores_the_mode_however_the_block_ends(parts):
+    from gpo.evaluation import evaluate_samples
+    from gpo.model import eval_mode
+
+    _, policy, tokenizer, datamodule = parts
+    policy.train()
+    with pytest.raises(RuntimeError), eval_mode(policy):
+        assert not policy.training
+        raise RuntimeError
+    assert policy.training
+    with eval_mode(policy.eval()):
+        pass
+    assert not policy.training
+    policy.train()
+
+    def broken_gold(prompt, response):
+        raise RuntimeError("gold reward failed")
+
+    reference = FrozenReference(Unchanged(policy))
+    reference.setup(policy, datamodule, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="gold reward failed"):  # sampling fails mid-evaluation
+        evaluate_samples(policy, reference, tokenizer, ["abc"], max_prompt_length=8, max_new_tokens=2,
+                         gold_reward=broken_gold)
+    assert policy.training  # the policy goes on training with dropout

@@ -1,4 +1,4 @@
-"""The disk cache (gpo/cache.py) and the cached reference log-probs through train()."""
+"""The disk cache (gpo/infra/cache.py) and the cached reference log-probs through train()."""
 
 import json
 import os
@@ -10,9 +10,9 @@ import torch
 from datasets import Dataset
 
 from conftest import FAST, ROOT, SMALL_TASK, compose_train
-from gpo.cache import DiskCache
 from gpo.data.tokenization import token_digest
-from gpo.errors import InputError
+from gpo.infra.cache import DiskCache
+from gpo.infra.errors import InputError
 from gpo.reference import InitialPolicy
 from gpo.reference.references import MODEL_INPUTS
 from gpo.run import train
@@ -120,7 +120,7 @@ def test_an_unwritable_cache_directory_is_a_clear_error(tmp_path):
 
 RACER = """
 import json, sys, time
-from gpo.cache import DiskCache
+from gpo.infra.cache import DiskCache
 
 def write(directory):
     time.sleep(1.0)  # long enough for the other job to arrive while this one builds

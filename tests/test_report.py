@@ -26,8 +26,8 @@ import pandas as pd
 import pytest
 
 from gpo import report
+from gpo.infra.summary import RunSummary
 from gpo.losses import Hinge, Logistic, Squared
-from gpo.summary import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (800, 1200)  # rows, columns of a 12 x 8 inch figure at 100 dpi

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from conftest import FAST, ROOT, SMALL_TASK
-from gpo.secrets import MASK, redact, redact_text
-from gpo.summary import RunSummary
-from gpo.wandb_offline import find_runs, read_run
+from gpo.infra.secrets import MASK, redact, redact_text
+from gpo.infra.summary import RunSummary
+from wandb_records import find_runs, read_run
 
 HF = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWx12"
 SK = "sk-" + "proj-1234567890abcdefXYZ"

@@ -15,9 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 
 import report as report_cli
 from conftest import FAST, ROOT, compose_train
-from gpo.hydra_callbacks import job_outcomes
+from gpo.infra.summary import RunSummary
 from gpo.report import DPI, FIGSIZE
-from gpo.summary import RunSummary
+from gpo.sweep import job_outcomes
 
 PNG_SHAPE = (FIGSIZE[1] * DPI, FIGSIZE[0] * DPI)  # rows, columns
 
@@ -112,7 +112,7 @@ def test_list_failed_jobs_counts_jobs_without_a_summary(tmp_path):
 
 PINNER = """
 import os, sys, time
-from gpo.hydra_callbacks import OneGPUPerProcess
+from gpo.infra.hydra_callbacks import OneGPUPerProcess
 pin = OneGPUPerProcess(gpus=[0, 1], lock_dir=sys.argv[1], wait_s=float(sys.argv[2]))
 pin.on_job_start(config=None)
 first = os.environ["CUDA_VISIBLE_DEVICES"]

@@ -5,9 +5,12 @@ from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FAST, SMALL_TASK, compose_train
-from gpo.logprobs import pair_logps
+from gpo.model import LogProbs
 from gpo.reference import InitialPolicy
 from gpo.run import train
+
+LOGPROBS = LogProbs()  # the default settings
+pair_logps = LOGPROBS.pair_logps
 
 # Every loss in conf/loss trains a few steps: tests/test_multirun.py (the README's sweep, one job per loss).
 

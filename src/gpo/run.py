@@ -9,12 +9,8 @@ Data flows one way:
 
 `train(cfg)` returns the summary; `run_job(cfg)` is the entry point's job:
 bad input in one line, any failure recorded in summary.json and W&B, a
-finished run skipped, an interrupted one resumed (`resume`: gpo/resume.py, gpo/checkpoints.py).
+finished run skipped, an interrupted one resumed (gpo.training.resume).
 """
-
-# First: imported after Lightning, wandb's pydantic models take ~15 s longer to
-# build (their docstring extraction scans every loaded module).
-import wandb  # isort: skip
 
 import logging
 import sys
@@ -26,25 +22,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.strategies import FSDPStrategy
 
-from gpo import console
-from gpo.cache import DiskCache, digest
-from gpo.checkpoints import Interrupted, signal_handlers_kept
-from gpo.config import check_config, instantiate, torch_threads
-from gpo.data.module import file_stamps
-from gpo.errors import InputError
-from gpo.export import export_policy
-from gpo.logprobs import LogProbs
-from gpo.losses import GPOLoss, Squared
-from gpo.losses.base import link_ratio
-from gpo.models import compile_policy, device_for, with_lora
-from gpo.module import GPOModule
+from gpo.infra import console, tracking
+from gpo.infra.cache import DiskCache
+from gpo.infra.config import check_config, instantiate, torch_threads
+from gpo.infra.errors import InputError
+from gpo.infra.summary import FAILED, RunSummary, SummaryContributor
+from gpo.losses.scaling import beta_scale_factor
+from gpo.model import LogProbs, compile_policy, device_for, export_policy, with_lora
 from gpo.reference import InitialPolicy, NoReference
-from gpo.resume import finished_run, resume_checkpoint, wandb_resume
-from gpo.secrets import redact, redacted_argv
-from gpo.summary import FAILED, RunSummary, SummaryContributor
+from gpo.training import GPOModule, Interrupted
+from gpo.training.preemption import signal_handlers_kept
+from gpo.training.resume import finished_run, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +54,17 @@ def train(cfg: DictConfig) -> RunSummary:
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
-    # The next job of a multirun in this process reuses the prepared data (same configs, same files).
-    datamodule.reuse_key = digest(cfg.data, cfg.model.policy, file_stamps(cfg.data))
     datamodule.setup("fit")  # bad data fails here, before any compute
     datamodule.check_trainable()
     datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
     logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
     loss_fn = instantiate(cfg.loss)
     initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
-                            cfg.trainer.accelerator)
+                            cfg.trainer.accelerator, logprobs)
     reference = (instantiate(cfg.reference, initial=initial, logprobs=logprobs) if loss_fn.needs_reference
                  else NoReference(initial, logprobs))
-    if loss_fn.needs_reference and not reference.provides_logps:
-        raise InputError(f"loss={choice('loss', cfg)} needs reference log-probs; reference=none gives none")
-    reference.check(lora=cfg.model.get("lora") is not None)  # before the SFT stage: bad input costs no compute
+    # Before the SFT stage: bad input costs no compute.
+    reference.check(choice("loss", cfg), loss_fn.needs_reference, lora=cfg.model.get("lora") is not None)
     stages = {"sft": initial.prepare(policy)}
     policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
     if cfg.model.get("compile"):
@@ -88,11 +74,9 @@ def train(cfg: DictConfig) -> RunSummary:
 
     module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                        logprobs)
-    logger = instantiate(cfg.logger, **wandb_resume(cfg.logger, run_dir))
+    logger = tracking.make_logger(cfg.logger, run_dir)
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
-    if hasattr(logger, "log_hyperparams"):  # creates the W&B run, which records the command line: masked too
-        with redacted_argv():
-            logger.log_hyperparams(redact({**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta}))
+    tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
     log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
              cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
     if checkpoint is not None:
@@ -110,61 +94,30 @@ def train(cfg: DictConfig) -> RunSummary:
     for callback in trainer.callbacks:
         if isinstance(callback, SummaryContributor):
             callback.contribute(summary)
-    if trainer.is_global_zero:  # under DDP every rank runs train(); rank 0's summary has the sample evaluation
-        export = cfg.get("export") or {}
-        if export.get("policy", False) and isinstance(trainer.strategy, FSDPStrategy):
-            log.warning("export.policy: skipped under FSDP (sharded weights); export from the checkpoint instead")
-        elif export.get("policy", False):
-            exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False))
+    export = cfg.get("export") or {}
+    if trainer.is_global_zero and export.get("policy", False):  # under DDP every rank runs train()
+        exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False), trainer.strategy)
+        if exported is not None:
             summary.stages["export"] = asdict(exported)
     summary.wall_time_s = time.perf_counter() - start
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # rank 0's summary has the sample evaluation
         summary.write(run_dir)
-        if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update(summary.metrics)
-    finish_wandb()  # the next job of a multirun in this process starts a fresh W&B run
+        tracking.record_summary(logger, summary.metrics)
+    tracking.finish()  # the next job of a multirun in this process starts a fresh W&B run
     report_outcome(summary.metrics)
     return summary
 
 
-def finish_wandb(exit_code: int = 0) -> None:
-    """Close this process's W&B run and wait until its files are written.
-
-    wandb.finish() returns once the W&B service (a separate process) has the
-    run's last record; the service writes and closes the run file after that,
-    so until then an offline run reads back empty or partial, for longer on a
-    loaded machine. Shutting the service down (wandb.teardown) waits for it.
-    That also takes WANDB_SERVICE out of os.environ: left there, it hands the
-    runs of every process started later from this one (a test's CLI
-    subprocess) to this process's service, and their exit no longer waits for
-    their files."""
-    if wandb.run is not None:
-        wandb.finish(exit_code=exit_code)
-    wandb.teardown()
-
-
 def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
-    """beta_scale=taylor|link multiplies beta per GPO family so that families
-    compare at the squared loss's (IPO's) local regularisation: taylor by
-    scale(squared)/scale(f) (the paper's f''(0)/|f'(0)| argument), link by the
-    link-function ratio on this data's preference probabilities (derived here).
-    Returns (beta, the scaling applied)."""
+    """The beta the loss uses under `beta_scale` (gpo.losses.scaling), and the scaling applied."""
     mode = cfg.get("beta_scale", "none")
     if mode == "none":
         return cfg.beta, mode
-    if not isinstance(loss_fn, GPOLoss) or not loss_fn.regularisation_scale > 0:
+    factor = beta_scale_factor(mode, loss_fn, datamodule.summary().get("preference_probabilities"))
+    if factor is None:
         log.warning("beta_scale=%s: %s has no f''(0) > 0 to scale by; beta stays %g",
                     mode, choice("loss", cfg), cfg.beta)
         return cfg.beta, "none"
-    if mode == "taylor":
-        factor = Squared().regularisation_scale / loss_fn.regularisation_scale
-    else:
-        probabilities = datamodule.summary().get("preference_probabilities")
-        if not probabilities:
-            raise InputError("beta_scale=link needs the data's preference probabilities (the synthetic task, or "
-                             "data relabelled by a gold reward: data.relabel_temperature)")
-        p, weights = zip(*probabilities)
-        factor = link_ratio(loss_fn, Squared(), p, weights)
     log.info("beta_scale=%s: beta %g x %.4g = %.4g", mode, cfg.beta, factor, cfg.beta * factor)
     return cfg.beta * factor, mode
 
@@ -205,16 +158,14 @@ def run_job(cfg: DictConfig) -> float | None:
         summary = train(cfg)
     except Interrupted as stop:  # a preemption signal: checkpointed at this step; requeue and stop the process
         RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=f"Interrupted: {stop}").write(run_dir)
-        if wandb.run is not None:
-            wandb.run.mark_preempting()
-        finish_wandb(exit_code=1)
+        tracking.finish(exit_code=1, preempted=True)
         log.warning("Interrupted: %s", stop)
         stop.hand_over()
         sys.exit(f"interrupted: {stop}")
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
         RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=message).write(run_dir)
-        finish_wandb(exit_code=1)
+        tracking.finish(exit_code=1)
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # let the other jobs of the sweep run
             log.error("Job failed: %s", message, exc_info=not isinstance(error, InputError))
             return None

@@ -6,7 +6,7 @@ groups of `group_batches` global batches, sorts each group by length, cuts it
 into batches and shuffles the batches: every batch holds pairs of similar
 length, while which pairs meet and in what order still changes every epoch
 (training stays stochastic). It is a DistributedSampler (a resumable one,
-gpo.checkpoints), so under DDP Lightning keeps it (rather than wrapping it in
+gpo.data.resumable), so under DDP Lightning keeps it (rather than wrapping it in
 its own shuffling sampler) and each rank takes its share of every global batch.
 """
 
@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import torch
 from datasets import Dataset
 
-from gpo.checkpoints import ResumableSampler
+from gpo.data.resumable import ResumableSampler
 
 
 def pair_lengths(dataset: Dataset) -> np.ndarray:

@@ -12,7 +12,7 @@ template), so it is cached per model like the tokenization that follows.
 
 from datasets import Dataset
 
-from gpo.errors import DataError, InputError
+from gpo.infra.errors import DataError, InputError
 
 RESPONSE_COLUMNS = ("chosen", "rejected")
 

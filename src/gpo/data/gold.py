@@ -17,8 +17,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from gpo.errors import InputError
-from gpo.models import device_for
+from gpo.infra.errors import InputError
+from gpo.model.runtime import device_for
 
 
 def bradley_terry(first: float, second: float, temperature: float) -> float:

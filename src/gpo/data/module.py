@@ -23,23 +23,28 @@ from collections import Counter
 import pytorch_lightning as pl
 import torch
 from datasets import Dataset
+from datasets.fingerprint import Hasher
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from gpo.checkpoints import ResumableLoader, ResumableSampler
 from gpo.data.batching import LengthGroupedSampler, pair_lengths
 from gpo.data.chat import conversation_problem, render_conversations
 from gpo.data.gold import relabel
+from gpo.data.resumable import ResumableLoader, ResumableSampler
 from gpo.data.tokenization import TEXT_COLUMNS, PairCollator, tokenize_demonstrations, tokenize_split
-from gpo.errors import DataError, InputError
-from gpo.models import packing_support
+from gpo.infra.cache import digest
+from gpo.infra.config import instantiate
+from gpo.infra.errors import DataError, InputError
+from gpo.model.runtime import packing_support
 
 log = logging.getLogger(__name__)
 
-# The last prepared data of this process, by `reuse_key`: the jobs of a multirun
-# that runs in one process (sequential, or a joblib worker's successive jobs)
-# mostly differ in loss and beta, not in data, and preparing it is most of a
-# short job's set-up (generating, checking, tokenizing thousands of pairs).
+# The last prepared data of this process, by `reuse_key`. Process-global on
+# purpose: the jobs of a multirun that runs in one process (sequential, or a
+# joblib worker's successive jobs) share nothing else (each builds its own
+# objects from its config), they mostly differ in loss and beta, not in data,
+# and preparing it is most of a short job's set-up (generating, checking,
+# tokenizing thousands of pairs). One entry, so it holds one data set at most.
 _PREPARED: dict[str, dict] = {}
 
 
@@ -56,6 +61,15 @@ def file_stamps(node) -> list:
         info = os.stat(node)
         return [(node, info.st_size, info.st_mtime_ns)]
     return []
+
+
+def _is_config(node) -> bool:
+    return isinstance(node, (dict, DictConfig)) and "_target_" in node
+
+
+def _built(node):
+    """The object a config describes (a bad-input error raised building it surfaces as itself); objects as given."""
+    return instantiate(node) if _is_config(node) else node
 
 
 def row_problem(row: dict) -> str:
@@ -119,8 +133,12 @@ class PreferenceDataModule(pl.LightningDataModule):
         packing: bool = True,
         pack_length: int | None = None,
     ):
-        """`gold_reward` (prompt, response) -> float replaces the source's own for
-        evaluation (e.g. gpo.data.gold.RewardModelGold); with `relabel_temperature`
+        """`source` and `gold_reward` are objects or configs to instantiate
+        (conf/data: `_recursive_: false`); given as configs, they name this
+        module's prepared data, so the next job of a multirun in this process
+        reuses it (`reuse_key`). `gold_reward` (prompt, response) -> float
+        replaces the source's own for evaluation (e.g.
+        gpo.data.gold.RewardModelGold); with `relabel_temperature`
         the pairs' labels are redrawn by Bradley-Terry on it (gpo.data.gold.relabel).
         `group_by_length`: shuffled training batches of similar length
         (gpo.data.batching; only with `shuffle`); `packing`: sequences end to
@@ -137,7 +155,7 @@ class PreferenceDataModule(pl.LightningDataModule):
             raise InputError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if batch_size < 1:
             raise InputError(f"data.batch_size must be >= 1, got {batch_size}")
-        self.source, self.tokenizer = source, tokenizer
+        self.source, self.tokenizer = _built(source), tokenizer
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.val_fraction, self.num_workers, self.num_proc, self.seed = val_fraction, num_workers, num_proc, seed
@@ -146,15 +164,27 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.strict = strict
         self.group_by_length, self.group_batches = group_by_length, group_batches
         self.packing, self.pack_length = packing, pack_length
-        self._gold_reward, self.relabel_temperature = gold_reward, relabel_temperature
+        self._gold_reward, self.relabel_temperature = _built(gold_reward), relabel_temperature
         if relabel_temperature is not None and self.gold_reward is None:
             raise InputError("data.relabel_temperature is set but there is no gold reward: set data.gold_reward")
         self.text: dict[str, Dataset] = {}
         self.tokenized: dict[str, Dataset] = {}  # train then validation; `pair_id` runs over both in that order
         self.report: dict[str, dict] = {}  # per split: pairs read, dropped by reason, truncated, kept
-        # Set (gpo.run: a digest of the data and model configs) to reuse this process's last prepared data.
-        self.reuse_key: str | None = None
+        self.reuse_key = self._reuse_key(source, gold_reward)
         self._demonstrations: Dataset | None = None
+
+    def _reuse_key(self, source, gold_reward) -> str | None:
+        """The name of this module's prepared data in this process (`_PREPARED`):
+        the configs of its source and gold reward, the files they name (size,
+        mtime: an edited file is read again), the tokenizer (its content) and
+        the settings preparation depends on (not batching, not the run's
+        seed). None when the source or gold reward came as an object: there
+        is nothing to tell two of them apart by."""
+        if not _is_config(source) or not (gold_reward is None or _is_config(gold_reward)):
+            return None
+        settings = (self.max_length, self.max_prompt_length, self.val_fraction, self.seed, self.strict,
+                    self.relabel_temperature)
+        return digest(source, gold_reward, file_stamps([source, gold_reward]), Hasher.hash(self.tokenizer), settings)
 
     @property
     def gold_reward(self):
@@ -272,7 +302,7 @@ class PreferenceDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
         # Loaders draw their workers' base seed from their own generator, not the global RNG, so
-        # iterating one does not shift the RNG stream a resumed run restores (gpo.checkpoints).
+        # iterating one does not shift the RNG stream a resumed run restores (gpo.training.checkpoints).
         loader = ResumableLoader if sampler is not None else DataLoader
         return loader(
             self.tokenized[split],

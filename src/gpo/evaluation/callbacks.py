@@ -12,7 +12,8 @@ from pytorch_lightning.strategies import FSDPStrategy
 
 from gpo.data.tokenization import real_tokens
 from gpo.evaluation.sampling import evaluate_samples
-from gpo.summary import RunSummary
+from gpo.infra.summary import RunSummary
+from gpo.model.runtime import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,8 @@ def offline_regulariser(module, loader, max_batches: int | None = None) -> float
     log-ratio margin): the regulariser in the Taylor expansion of every GPO
     loss, weighted by the offline data rather than by the policy's own
     samples as KL(pi || pi_ref) is. None without reference log-probs."""
-    total, count, was_training = 0.0, 0, module.policy.training
-    module.policy.eval()
-    try:
+    total, count = 0.0, 0
+    with eval_mode(module.policy):
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
@@ -67,8 +67,6 @@ def offline_regulariser(module, loader, max_batches: int | None = None) -> float
                 return None
             total += float((logps.margin.double() ** 2).sum())
             count += len(logps.margin)
-    finally:
-        module.policy.train(was_training)
     return total / count / 2 if count else None
 
 
@@ -122,7 +120,7 @@ class SampleEvaluation(pl.Callback):
                 module.policy, module.reference, datamodule.tokenizer,
                 datamodule.evaluation_prompts(self.num_prompts if final else self.trajectory_prompts),
                 max_prompt_length=datamodule.max_prompt_length, max_new_tokens=self.max_new_tokens,
-                gold_reward=datamodule.gold_reward, batch_size=self.batch_size,
+                gold_reward=datamodule.gold_reward, batch_size=self.batch_size, logprobs=module.logprobs,
             )
         regulariser = offline_regulariser(module, datamodule.val_dataloader(), self.regulariser_batches)
         if regulariser is not None:

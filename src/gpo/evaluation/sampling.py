@@ -10,7 +10,8 @@ import math
 import torch
 
 from gpo.data.tokenization import encode_prompt, pad_sequences
-from gpo.logprobs import sequence_logps
+from gpo.model.logprobs import LogProbs
+from gpo.model.runtime import eval_mode
 
 
 def mean_and_stderr(values: list[float]) -> tuple[float, float]:
@@ -43,48 +44,50 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, pad_token_id
 
 
 @torch.no_grad()
-def response_logps(model, prompt_ids, responses, pad_token_id) -> torch.Tensor:
+def response_logps(model, prompt_ids, responses, pad_token_id, logprobs: LogProbs) -> torch.Tensor:
     batch = pad_sequences([p + r for p, r in zip(prompt_ids, responses)], [len(p) for p in prompt_ids], pad_token_id)
     device = next(model.parameters()).device
-    return sequence_logps(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")))
+    return logprobs.sequence_logps(model, *(batch[k].to(device)
+                                            for k in ("input_ids", "attention_mask", "response_mask")))
 
 
 @torch.no_grad()
 def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, max_new_tokens, gold_reward=None,
-                     batch_size=64):
+                     batch_size=64, logprobs: LogProbs | None = None):
     """Returns (metrics, rows): metrics under `eval/`, rows of (prompt, policy
     sample, reference sample[, gold rewards]) for a samples table.
     `reference` is a gpo.reference.Reference (its `model(device)` context
-    yields the reference model; a LoRA policy serves as its own)."""
-    device = next(policy.parameters()).device
-    was_training = policy.training
-    policy.eval()
+    yields the reference model; a LoRA policy serves as its own); `logprobs`:
+    how log-probs are computed (the run's settings). The policy samples in
+    eval mode and is back in its mode after, however this ends."""
+    device, logprobs = next(policy.parameters()).device, logprobs or LogProbs()
     kl, policy_gold, reference_gold, wins, rows = [], [], [], [], []
     special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    for start in range(0, len(prompts), batch_size):
-        texts = prompts[start : start + batch_size]
-        prompt_ids = [encode_prompt(tokenizer, text)[-max_prompt_length:] for text in texts]
-        policy_samples = sample(policy, prompt_ids, max_new_tokens, **special)
-        policy_logps = response_logps(policy, prompt_ids, policy_samples, tokenizer.pad_token_id)
-        with reference.model(device) as reference_lm:  # the policy may not be usable as itself inside this block
-            reference_samples = sample(reference_lm, prompt_ids, max_new_tokens, **special)
-            reference_logps = response_logps(reference_lm, prompt_ids, policy_samples, tokenizer.pad_token_id)
-        kl += (policy_logps - reference_logps).tolist()
-        for text, ours, theirs in zip(texts, policy_samples, reference_samples):
-            row = {
-                "prompt": text,
-                "policy": tokenizer.decode(ours, skip_special_tokens=True),
-                "reference": tokenizer.decode(theirs, skip_special_tokens=True),
-            }
-            if gold_reward is not None:
-                row["gold_policy"] = gold_reward(text, row["policy"])
-                row["gold_reference"] = gold_reward(text, row["reference"])
-                policy_gold.append(row["gold_policy"])
-                reference_gold.append(row["gold_reference"])
-                wins.append(0.5 if row["gold_policy"] == row["gold_reference"]
-                            else float(row["gold_policy"] > row["gold_reference"]))
-            rows.append(row)
-    policy.train(was_training)
+    with eval_mode(policy):
+        for start in range(0, len(prompts), batch_size):
+            texts = prompts[start : start + batch_size]
+            prompt_ids = [encode_prompt(tokenizer, text)[-max_prompt_length:] for text in texts]
+            policy_samples = sample(policy, prompt_ids, max_new_tokens, **special)
+            policy_logps = response_logps(policy, prompt_ids, policy_samples, tokenizer.pad_token_id, logprobs)
+            with reference.model(device) as reference_lm:  # the policy may not be usable as itself inside this block
+                reference_samples = sample(reference_lm, prompt_ids, max_new_tokens, **special)
+                reference_logps = response_logps(reference_lm, prompt_ids, policy_samples, tokenizer.pad_token_id,
+                                                 logprobs)
+            kl += (policy_logps - reference_logps).tolist()
+            for text, ours, theirs in zip(texts, policy_samples, reference_samples):
+                row = {
+                    "prompt": text,
+                    "policy": tokenizer.decode(ours, skip_special_tokens=True),
+                    "reference": tokenizer.decode(theirs, skip_special_tokens=True),
+                }
+                if gold_reward is not None:
+                    row["gold_policy"] = gold_reward(text, row["policy"])
+                    row["gold_reference"] = gold_reward(text, row["reference"])
+                    policy_gold.append(row["gold_policy"])
+                    reference_gold.append(row["gold_reference"])
+                    wins.append(0.5 if row["gold_policy"] == row["gold_reference"]
+                                else float(row["gold_policy"] > row["gold_reference"]))
+                rows.append(row)
 
     metrics = {}
     metrics["eval/kl"], metrics["eval/kl_stderr"] = mean_and_stderr(kl)

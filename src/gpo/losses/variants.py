@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gpo.errors import InputError
+from gpo.infra.errors import InputError
 from gpo.losses.base import GPOLoss
 from gpo.losses.families import exp_neg
 

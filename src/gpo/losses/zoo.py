@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from gpo.errors import InputError
+from gpo.infra.errors import InputError
 from gpo.losses.base import PairLogps, PreferenceLoss
 
 

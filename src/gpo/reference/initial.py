@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import torch
 
-from gpo.cache import DiskCache, Outcome, digest
 from gpo.data.tokenization import token_digest
+from gpo.infra.cache import DiskCache, Outcome, digest
+from gpo.model.logprobs import LogProbs
 from gpo.reference.sft import supervised_finetune
 
 log = logging.getLogger(__name__)
@@ -23,12 +24,15 @@ WEIGHTS = "model.pt"
 
 class InitialPolicy:
     def __init__(self, build: Callable[[], tuple[torch.nn.Module, object]], model_config, sft: dict,
-                 datamodule, cache: DiskCache, accelerator: str = "cpu"):
+                 datamodule, cache: DiskCache, accelerator: str = "cpu", logprobs: LogProbs | None = None):
         """`build()` makes a fresh (model, tokenizer) from `model_config` (the
         conf/model policy node, the model's identity in cache keys); `sft`:
-        steps (0: none), lr, batch_size, seed."""
+        steps (0: none), lr, batch_size, seed; `logprobs`: how the SFT stage
+        computes log-probs (the run's settings; chunked and full agree to
+        float tolerance, so they are not part of the cache key, as for the
+        reference log-probs)."""
         self.build, self.sft, self.datamodule, self.cache = build, dict(sft), datamodule, cache
-        self.accelerator = accelerator
+        self.accelerator, self.logprobs = accelerator, logprobs or LogProbs()
         self.model_key = digest(model_config)
         self._sft_key = None
 
@@ -52,7 +56,7 @@ class InitialPolicy:
         def write(directory):
             log.info("SFT stage: training %d steps on the demonstrations", self.sft["steps"])
             supervised_finetune(model, self.datamodule.demonstrations(), self.datamodule.tokenizer.pad_token_id,
-                                accelerator=self.accelerator, **self.sft)
+                                accelerator=self.accelerator, logprobs=self.logprobs, **self.sft)
             torch.save(model.state_dict(), directory / WEIGHTS)
 
         _, outcome = self.cache.get_or_build("sft", self._sft_entry_key(), lambda path: self._load(model, path), write,

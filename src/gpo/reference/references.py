@@ -6,7 +6,7 @@
 
   - `FrozenReference`: a frozen copy of the initial policy, run on every batch;
   - `CachedReference`: log-probs of every pair computed once and stored
-    (gpo.cache), looked up by pair_id; the model is built only if sampling needs it;
+    (gpo.infra.cache), looked up by pair_id; the model is built only if sampling needs it;
   - `AdapterReference`: a LoRA policy with its adapters disabled (no second copy);
   - `NoReference`: for reference-free losses: no log-probs; a model is built
     only for the sample evaluation (KL and win rate against the initial policy).
@@ -18,10 +18,11 @@ from contextlib import contextmanager
 import torch
 from peft import PeftModel
 
-from gpo.cache import Outcome, digest
 from gpo.data.tokenization import token_digest
-from gpo.errors import InputError
-from gpo.logprobs import LogProbs
+from gpo.infra.cache import Outcome, digest
+from gpo.infra.errors import InputError
+from gpo.model.logprobs import LogProbs
+from gpo.model.runtime import eval_mode
 from gpo.reference.initial import InitialPolicy
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,12 @@ class Reference:
         self.logprobs = logprobs or LogProbs()  # how log-probs are computed (the policy's settings)
         self._model: torch.nn.Module | None = None
 
-    def check(self, lora: bool) -> None:
-        """Raise InputError if this reference cannot work with the configured policy (before any compute)."""
+    def check(self, loss: str, needs_logps: bool, lora: bool) -> None:
+        """Raise InputError, before any compute, if this reference cannot serve
+        the configured loss (`loss`: its config name; `needs_logps`: it needs
+        log pi_ref) or policy (`lora`: it has LoRA adapters)."""
+        if needs_logps and not self.provides_logps:
+            raise InputError(f"loss={loss} needs reference log-probs; reference=none gives none")
 
     def setup(self, policy: torch.nn.Module, datamodule, device: torch.device) -> Outcome | None:
         return None
@@ -123,7 +128,8 @@ class AdapterReference(Reference):
     NEEDS_LORA = ("reference=adapters needs a policy with LoRA adapters (model/lora=default); "
                   "use reference=cached or reference=frozen otherwise")
 
-    def check(self, lora):
+    def check(self, loss, needs_logps, lora):
+        super().check(loss, needs_logps, lora)
         if not lora:
             raise InputError(self.NEEDS_LORA)
 
@@ -136,13 +142,8 @@ class AdapterReference(Reference):
     def model(self, device):
         """The policy with adapters off and in eval mode (no dropout), as a
         frozen copy would be; training mode is restored after."""
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            with self.policy.disable_adapter():
-                yield self.policy
-        finally:
-            self.policy.train(was_training)
+        with eval_mode(self.policy), self.policy.disable_adapter():
+            yield self.policy
 
     @torch.no_grad()
     def logps(self, batch):

@@ -8,16 +8,17 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from gpo.data.tokenization import pad_sequences
-from gpo.logprobs import sequence_logps
+from gpo.model.logprobs import LogProbs
 
 
 class SFTModule(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, lr: float):
+    def __init__(self, model: torch.nn.Module, lr: float, logprobs: LogProbs):
         super().__init__()
-        self.model, self.lr = model, lr
+        self.model, self.lr, self.logprobs = model, lr, logprobs
 
     def training_step(self, batch, batch_idx):
-        logps = sequence_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        logps = self.logprobs.sequence_logps(self.model, batch["input_ids"], batch["attention_mask"],
+                                             batch["response_mask"])
         return -logps.sum() / batch["response_mask"][:, 1:].sum()  # mean NLL per response token
 
     def configure_optimizers(self):
@@ -25,9 +26,11 @@ class SFTModule(pl.LightningModule):
 
 
 def supervised_finetune(model: torch.nn.Module, demonstrations: Dataset, pad_token_id: int, steps: int, lr: float,
-                        batch_size: int, seed: int, accelerator: str = "cpu") -> torch.nn.Module:
+                        batch_size: int, seed: int, accelerator: str = "cpu",
+                        logprobs: LogProbs | None = None) -> torch.nn.Module:
     """Train `model` in place for `steps` steps on tokenized demonstrations
-    (input_ids, prompt_length), the loss on response tokens only."""
+    (input_ids, prompt_length), the loss on response tokens only, its
+    log-probs computed as `logprobs` says (the run's settings)."""
     loader = DataLoader(
         demonstrations.with_format(None),
         batch_size=batch_size,
@@ -38,5 +41,5 @@ def supervised_finetune(model: torch.nn.Module, demonstrations: Dataset, pad_tok
     )
     trainer = pl.Trainer(max_steps=steps, accelerator=accelerator, devices=1, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
-    trainer.fit(SFTModule(model, lr), loader)
+    trainer.fit(SFTModule(model, lr, logprobs or LogProbs()), loader)
     return model

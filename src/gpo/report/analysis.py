@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from gpo.infra.summary import FINISHED
 from gpo.report.load import finished, metric_columns
 from gpo.report.metrics import SELECTION_METRICS, STDERR_SUFFIX
-from gpo.summary import FINISHED
 
 
 def per_group(frame: pd.DataFrame, by: str | None, fn, *args, **kwargs) -> pd.DataFrame:

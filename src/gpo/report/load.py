@@ -1,7 +1,7 @@
 """Sweep results into DataFrames: one row per run, and one row per
 (run, evaluation step) of the training trajectories.
 
-Local runs are read from their `summary.json` (`gpo.summary.RunSummary`);
+Local runs are read from their `summary.json` (`gpo.infra.summary.RunSummary`);
 `load_wandb_runs` reads the same run table from the W&B run summaries.
 
 Run table columns: the run fields (loss, beta, seed, status, error, ...),
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gpo.infra.summary import FILENAME, FINISHED, RunSummary
 from gpo.report.metrics import STDERR_SUFFIX
-from gpo.summary import FILENAME, FINISHED, RunSummary
 
 THEORY_FIELDS = ["f0", "df0", "d2f0", "regularisation_scale"]
 # Per-run fields that identify or describe a run rather than measure it.

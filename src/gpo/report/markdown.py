@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gpo.infra.summary import FINISHED
 from gpo.report.analysis import KLGap, present
 from gpo.report.metrics import STDERR_SUFFIX, TABLE_METRICS, spec
-from gpo.summary import FINISHED
 
 TAYLOR_NOTE = ("Taylor ratio = scale(ref)/scale(family), scale = f''(0)/|f'(0)|: the paper's prediction "
                "(Tang et al. 2024, Section 4: the best β differs between families \"as predicted by theory\"; "

@@ -27,10 +27,10 @@ import json
 import numpy as np
 import pandas as pd
 
+from gpo.infra.summary import FINISHED
 from gpo.losses.base import rms_ratio
 from gpo.report.analysis import per_group
 from gpo.report.load import finished
-from gpo.summary import FINISHED
 
 _LINKS: dict = {}  # (loss config, p bytes) -> t*(p): the link is a numerical minimisation
 

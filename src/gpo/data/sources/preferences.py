@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 from datasets import Dataset, load_dataset
 
-from gpo.errors import DataError, InputError
+from gpo.infra.errors import DataError, InputError
 
 log = logging.getLogger(__name__)
 

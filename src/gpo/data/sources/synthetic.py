@@ -23,7 +23,7 @@ import string
 from datasets import Dataset
 
 from gpo.data.gold import bradley_terry
-from gpo.errors import InputError
+from gpo.infra.errors import InputError
 
 
 class PreferredCharacters:

@@ -38,7 +38,13 @@ def configure(verbose: bool = False) -> None:
 class StepProgressBar(RichProgressBar):
     """Lightning's rich progress bar, counting optimizer steps out of
     trainer.max_steps over the whole run (not batches of an epoch, with an
-    "Epoch 1/-2" when training is step-based)."""
+    "Epoch 1/-2" when training is step-based).
+
+    Lightning's bar has no public setting for that, and only private methods
+    to add and move its tasks. So this adds one task for the whole run with
+    rich's public Progress.add_task, on the bar's public `progress`, and lets
+    Lightning's own hook move it and update the metrics: that hook counts
+    `batch_idx + 1`, so it is handed the step count instead."""
 
     def _by_steps(self, trainer) -> bool:
         return trainer.max_steps > 0
@@ -46,9 +52,12 @@ class StepProgressBar(RichProgressBar):
     def on_train_epoch_start(self, trainer, pl_module):
         if not self._by_steps(trainer):
             return super().on_train_epoch_start(trainer, pl_module)
-        if self.progress is not None and self.train_progress_bar_id is None:
+        if self.progress is not None and self.train_progress_bar_id is None:  # one task, not one per epoch
             description = f"{'Training':{len(self.validation_description)}}"
-            self.train_progress_bar_id = self._add_task(trainer.max_steps, description)
+            if self.theme.description:
+                description = f"[{self.theme.description}]{description}"
+            self.train_progress_bar_id = self.progress.add_task(description, total=trainer.max_steps,
+                                                                completed=trainer.global_step)
         self.refresh()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -56,6 +65,4 @@ class StepProgressBar(RichProgressBar):
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self.train_progress_bar_id is None:  # e.g. resumed mid-epoch
             self.on_train_epoch_start(trainer, pl_module)
-        self._update(self.train_progress_bar_id, trainer.global_step)
-        self._update_metrics(trainer, pl_module)
-        self.refresh()
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)

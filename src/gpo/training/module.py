@@ -11,10 +11,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import grad_norm
 
-from gpo.checkpoints import restore_rng_state, rng_state
-from gpo.logprobs import LogProbs
 from gpo.losses import PairLogps, PreferenceLoss
+from gpo.model.logprobs import LogProbs
 from gpo.reference import Reference
+from gpo.training.checkpoints import restore_rng_state, rng_state
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -73,16 +73,25 @@ class GPOModule(pl.LightningModule):
                          batch["chosen_length"], batch["rejected_length"])
 
     def _logs_this_step(self) -> bool:
-        """Whether this training step's metrics reach the loggers (every
-        trainer.log_every_n_steps steps, the test Lightning's own monitors use)
-        or are the run's last (the summary's final train/ values). Logging on
-        the other steps only costs time: each self.log call walks Lightning's
-        result collection, about a millisecond per step for our dozen metrics."""
+        """Whether this training step's metrics reach the loggers or are the
+        run's last (the summary's final train/ values). Logging on the other
+        steps only costs time: each self.log call walks Lightning's result
+        collection, about a millisecond per step for our dozen metrics.
+
+        Lightning sends a step's metrics to the loggers when the step's number
+        (1-based) is a multiple of trainer.log_every_n_steps (0: never) or the
+        trainer is stopping. It decides that in a private method
+        (_logger_connector.should_update_logs) with no public equivalent, so
+        this is the same test on public attributes: global_step counts
+        optimizer steps as its counter does, and is not yet incremented during
+        the step (nor before the optimizer step)."""
         trainer = self._trainer
         if trainer is None:  # called outside a Trainer (tests)
             return True
-        last = trainer.max_steps > 0 and self.global_step + 1 >= trainer.max_steps
-        return trainer._logger_connector.should_update_logs or last
+        step = self.global_step + 1
+        due = trainer.log_every_n_steps > 0 and step % trainer.log_every_n_steps == 0
+        last = trainer.max_steps > 0 and step >= trainer.max_steps
+        return due or trainer.should_stop or last
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         logps = self.pair_logps(batch)

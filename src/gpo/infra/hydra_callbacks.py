@@ -1,7 +1,7 @@
-"""Hydra callbacks (hydra.callbacks in conf/train.yaml and the launcher
-presets): mask secrets in the config files Hydra writes; list failed jobs and
-write the sweep report at the end of a sweep; give every local parallel job a
-GPU of its own."""
+"""Hydra callbacks around every job (hydra.callbacks in conf/train.yaml and
+the launcher presets): check the output directory, mask secrets in the config
+files Hydra writes, give every local parallel job a GPU of its own. The
+callbacks at the end of a sweep: gpo/sweep.py."""
 
 import fcntl
 import logging
@@ -15,26 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gpo.secrets import redact
-from gpo.summary import FILENAME, RunSummary
+from gpo.infra.secrets import redact
 
 log = logging.getLogger(__name__)
-
-
-def job_outcomes(sweep_dir: str | Path) -> dict[str, list[tuple[Path, str]]]:
-    """Jobs of a sweep directory by outcome: 'finished', 'failed' (with the
-    error train.py recorded) and 'missing' (a job directory without summary.json:
-    the process was killed, e.g. out of memory or by the scheduler)."""
-    outcomes = {"finished": [], "failed": [], "missing": []}
-    for hydra_dir in sorted(Path(sweep_dir).rglob(".hydra")):
-        job_dir = hydra_dir.parent
-        summary_path = job_dir / FILENAME
-        if not summary_path.exists():
-            outcomes["missing"].append((job_dir, "no summary.json"))
-            continue
-        summary = RunSummary.read(summary_path)
-        outcomes["finished" if summary.finished else "failed"].append((job_dir, summary.error or ""))
-    return outcomes
 
 
 def redact_yaml_file(path: Path) -> bool:
@@ -55,7 +38,7 @@ def redact_yaml_file(path: Path) -> bool:
 class RedactSecrets(Callback):
     """Hydra writes the job's config, its own config and the overrides
     (<run dir>/.hydra/*.yaml) and, in a multirun, <sweep dir>/multirun.yaml
-    before the job starts: mask the secrets in them (gpo.secrets) as it starts."""
+    before the job starts: mask the secrets in them (gpo.infra.secrets) as it starts."""
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         hydra_cfg = HydraConfig.get()
@@ -92,40 +75,12 @@ class CheckOutputDir(Callback):
         self._check(config, "hydra.sweep.dir")
 
 
-class ListFailedJobs(Callback):
-    """At the end of a multirun, log every job that failed or left no summary,
-    so one failure in a long sweep is not lost in the other jobs' output."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        outcomes = job_outcomes(config.hydra.sweep.dir)
-        bad = outcomes["failed"] + outcomes["missing"]
-        total = sum(map(len, outcomes.values()))
-        if not bad:
-            log.info("All %d jobs of %s finished", total, config.hydra.sweep.dir)
-            return
-        lines = [f"{len(bad)} of {total} jobs did not finish:"] + [f"  {job}: {error}" for job, error in bad]
-        log.error("\n".join(lines))
-
-
-class WriteSweepReport(Callback):
-    """At the end of a multirun, write the sweep report (src/report.py) into
-    the sweep directory."""
-
-    def __init__(self, metric: str | None = None, reference: str = "ipo"):
-        self.metric, self.reference = metric, reference
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from gpo import report  # matplotlib and pandas: only when a sweep ends
-
-        if not job_outcomes(config.hydra.sweep.dir)["finished"]:
-            log.warning("No finished job in %s: no sweep report", config.hydra.sweep.dir)
-            return
-        result = report.write_report(config.hydra.sweep.dir, None, self.metric, self.reference)
-        log.info("Sweep report:\n%s\nWritten: %s", report.results_markdown(result.table),
-                 ", ".join(str(p) for p in result.paths))
-
-
-_PINNED: dict = {}  # per process: the GPU this process holds, and its lock file (kept open)
+# Per process: the GPU this process holds and its lock file (kept open). Process-global
+# on purpose: a joblib worker runs many jobs and Hydra hands each one a fresh copy of
+# this callback (the launcher pickles it per job), so only module state outlives a
+# job; CUDA fixes a process's visible devices at their first use, so the choice
+# belongs to the process, and the lock must stay held as long as the process lives.
+_PINNED: dict = {}
 
 
 def _candidate_gpus(gpus) -> list[str]:

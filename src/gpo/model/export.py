@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from peft import PeftModel
+from pytorch_lightning.strategies import FSDPStrategy
 
-from gpo.cache import Outcome
+from gpo.infra.cache import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,12 @@ def _save(model, tokenizer, directory: Path) -> None:
     tmp.rename(directory)
 
 
-def export_policy(policy, tokenizer, run_dir: str | Path, merged: bool = False) -> Outcome:
+def export_policy(policy, tokenizer, run_dir: str | Path, merged: bool = False, strategy=None) -> Outcome | None:
+    """Save `policy` and `tokenizer` under `run_dir` (see above); None under
+    FSDP (`strategy`), where rank 0 holds only a shard of the weights."""
+    if isinstance(strategy, FSDPStrategy):
+        log.warning("export.policy: skipped under FSDP (sharded weights); export from the checkpoint instead")
+        return None
     start = time.perf_counter()
     directory = Path(run_dir) / "policy"
     _save(policy, tokenizer, directory)

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gpo.errors import InputError
+from gpo.infra.errors import InputError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

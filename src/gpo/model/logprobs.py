@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from gpo.model.runtime import eval_mode
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_MB = 256
@@ -95,13 +97,9 @@ class LogProbs:
             decoder, head = _causal_lm_parts(model)
             device = next(model.parameters()).device
             ids = torch.randint(0, head.weight.shape[0], (1, 6), generator=torch.Generator().manual_seed(0)).to(device)
-            was_training = model.training
-            model.eval()
-            try:
+            with eval_mode(model):
                 full = model(input_ids=ids, use_cache=False).logits.float()
                 mine = head(decoder(input_ids=ids, use_cache=False)[0]).float()
-            finally:
-                model.train(was_training)
             ok = full.shape == mine.shape and torch.allclose(full, mine, rtol=1e-3, atol=1e-3)
         except Exception as error:  # no get_decoder/get_output_embeddings, an unusual forward signature, ...
             log.debug("Chunked log-probs check failed: %r", error)
@@ -153,15 +151,3 @@ class LogProbs:
         """(chosen, rejected) log-probs of a batch built by PairCollator."""
         return self.batch_logps(model, batch).chunk(2)
 
-
-DEFAULT = LogProbs()
-
-
-def sequence_logps(model, input_ids, attention_mask, response_mask, **layout) -> torch.Tensor:
-    """`LogProbs.sequence_logps` with the default settings."""
-    return DEFAULT.sequence_logps(model, input_ids, attention_mask, response_mask, **layout)
-
-
-def pair_logps(model, batch, logprobs: LogProbs | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) log-probs of a batch built by PairCollator."""
-    return (logprobs or DEFAULT).pair_logps(model, batch)

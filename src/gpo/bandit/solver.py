@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 DTYPE = torch.float64
+OPTIMUM = "pi* (KL-regularised)"  # how tables and figures name pi* (kl_optimum_logits)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gpo.errors import InputError
+from gpo.infra.errors import InputError
 
 BETA_SCALES = ("none", "taylor", "link")
 
@@ -25,7 +25,7 @@ def run_group() -> str:
 OmegaConf.register_new_resolver("run_group", run_group, replace=True)
 
 
-RESUME_OFF = (False, None, "false", "never")  # `resume` values that start over (gpo.resume)
+RESUME_OFF = (False, None, "false", "never")  # `resume` values that start over (gpo.training.resume)
 
 
 def resume_dir(resume, default: str) -> str:
@@ -66,7 +66,7 @@ def instantiate(node, **kwargs):
         raise
 
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 def group_options(group: str) -> dict[str, DictConfig]:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from gpo.secrets import redact
+from gpo.infra.secrets import redact
 
 FILENAME = "summary.json"
 FINISHED, FAILED = "finished", "failed"
@@ -35,7 +35,7 @@ class RunSummary:
     trajectory: list[dict[str, float]] = field(default_factory=list)  # eval/ metrics at "step", through training
     data: dict = field(default_factory=dict)  # per split: pairs kept, truncated, dropped; preference probabilities
     stages: dict = field(default_factory=dict)  # sft / reference: {"status": ..., "seconds": ...}
-    resumed_from_step: int | None = None  # the checkpoint's step when the run continued one (gpo.checkpoints)
+    resumed_from_step: int | None = None  # the checkpoint's step when the run continued one (gpo.training.resume)
     wall_time_s: float | None = None
 
     @property

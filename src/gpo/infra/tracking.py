@@ -1,0 +1,87 @@
+"""The run's W&B record, through Lightning's WandbLogger (conf/logger/wandb.yaml):
+one room for everything W&B-specific.
+
+    logger = make_logger(cfg.logger, run_dir)   # continues this run directory's W&B run
+    record_config(logger, config)               # secrets masked (config and command line)
+    record_summary(logger, metrics)             # the run summary's metrics in the W&B summary
+    finish(exit_code, preempted)                # close the run, wait for its files
+
+Other loggers (conf/logger/csv.yaml) pass through untouched.
+"""
+
+import os
+import secrets
+import string
+from pathlib import Path
+
+import wandb
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from gpo.infra.config import instantiate
+from gpo.infra.secrets import redact, redacted_argv
+
+WANDB_ID = "wandb_id"  # in the run directory: the W&B run id, so a resumed run continues the same W&B run
+
+
+def new_run_id() -> str:
+    """A W&B run id in W&B's own format (8 base-36 characters). wandb no longer
+    exposes its generator (wandb.util.generate_id, gone in 0.23); from the OS's
+    entropy, like it, so the run's seeded random generators are not touched."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def resume_id(logger_cfg: DictConfig, run_dir: str) -> dict:
+    """id and resume="allow" for a WandbLogger: the id stored in the run
+    directory, or a new one stored there (by rank 0: the only rank that logs)."""
+    if not str(logger_cfg.get("_target_", "")).endswith("WandbLogger") or logger_cfg.get("id"):
+        return {}
+    path = Path(run_dir) / WANDB_ID
+    if path.exists():
+        run_id = path.read_text().strip()
+    else:
+        run_id = new_run_id()
+        if rank_zero_only.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{WANDB_ID}.{os.getpid()}")
+            tmp.write_text(run_id)
+            os.replace(tmp, path)
+    return {"id": run_id, "resume": "allow"}
+
+
+def make_logger(logger_cfg: DictConfig, run_dir: str):
+    """The configured Lightning logger; a WandbLogger continues the W&B run of `run_dir` (a resumed run)."""
+    return instantiate(logger_cfg, **resume_id(logger_cfg, run_dir))
+
+
+def record_config(logger, config: dict) -> None:
+    """The run's config, secrets masked, as the logger's hyperparameters. For
+    W&B this creates the run, which records the command line: masked too."""
+    if hasattr(logger, "log_hyperparams"):
+        with redacted_argv():
+            logger.log_hyperparams(redact(config))
+
+
+def record_summary(logger, metrics: dict) -> None:
+    """The run summary's metrics (the final values, the sample evaluation) in the W&B run summary."""
+    if isinstance(logger, WandbLogger):
+        logger.experiment.summary.update(metrics)
+
+
+def finish(exit_code: int = 0, preempted: bool = False) -> None:
+    """Close this process's W&B run and wait until its files are written.
+
+    wandb.finish() returns once the W&B service (a separate process) has the
+    run's last record; the service writes and closes the run file after that,
+    so until then an offline run reads back empty or partial, for longer on a
+    loaded machine. Shutting the service down (wandb.teardown) waits for it.
+    That also takes WANDB_SERVICE out of os.environ: left there, it hands the
+    runs of every process started later from this one (a test's CLI
+    subprocess) to this process's service, and their exit no longer waits for
+    their files. `preempted`: W&B marks the run preempted (to be resumed), not failed."""
+    if wandb.run is not None:
+        if preempted:
+            wandb.run.mark_preempting()
+        wandb.finish(exit_code=exit_code)
+    wandb.teardown()

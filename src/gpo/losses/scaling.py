@@ -1,0 +1,32 @@
+"""beta_scale (conf/train.yaml): one beta for every GPO family, rescaled per
+family so that the families compare at the squared loss's (IPO's) local
+regularisation.
+
+  - taylor: scale(squared) / scale(f), with scale = f''(0)/|f'(0)|, the
+    paper's Section 4 argument (DPO and Savage get 2 beta);
+  - link: the link-function ratio on the data's preference probabilities
+    (losses.base.link_ratio; derived here, docs/reproduction.md).
+"""
+
+from gpo.infra.errors import InputError
+from gpo.losses.base import GPOLoss, link_ratio
+from gpo.losses.families import Squared
+
+
+def beta_scale_factor(mode: str, loss, preference_probabilities=None) -> float | None:
+    """What beta_scale=`mode` multiplies `loss`'s beta by; None if `loss` has
+    no f''(0) > 0 to scale by (not a GPO family, or the hinge).
+    `preference_probabilities`: [(p, count), ...] of the training pairs (link only)."""
+    if mode == "none":
+        return 1.0
+    if not isinstance(loss, GPOLoss) or not loss.regularisation_scale > 0:
+        return None
+    if mode == "taylor":
+        return Squared().regularisation_scale / loss.regularisation_scale
+    if mode != "link":
+        raise ValueError(f"unknown beta_scale {mode!r}")
+    if not preference_probabilities:
+        raise InputError("beta_scale=link needs the data's preference probabilities (the synthetic task, or "
+                         "data relabelled by a gold reward: data.relabel_temperature)")
+    p, weights = zip(*preference_probabilities)
+    return link_ratio(loss, Squared(), p, weights)
