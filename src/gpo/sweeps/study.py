@@ -88,13 +88,16 @@ def distribution(override: Override) -> BaseDistribution:
         tag(log, interval(a, b))   float, log-uniform
         range(a, b[, step])        int (or float) on the range's grid, b excluded as in Hydra
         tag(log, range(a, b))      int, log-uniform (step 1)
-        choice(...), glob(...), shuffle(range(...))   categorical
+        choice(...), glob(...)     categorical
+    shuffle(...) is accepted and means nothing: Optuna chooses the order.
     """
     value, where = override.value(), override.input_line
     tags = set(getattr(value, "tags", ()))
     if tags - {"log"}:
         raise InputError(f"{where}: unknown tag {', '.join(sorted(tags - {'log'}))} (the Optuna sweeper knows `log`)")
     log_scale = "log" in tags
+    if getattr(value, "shuffle", False):  # order means nothing to Optuna; a fixed one keeps a resumed study's space
+        value.shuffle = False
     if isinstance(value, IntervalSweep):  # Hydra parses both ends as floats
         if log_scale and value.start <= 0:
             raise InputError(f"{where}: a log scale needs a positive lower end")
@@ -171,7 +174,7 @@ def prepare_resume(study: optuna.Study, n_trials: int) -> int:
     pruned before the sweep could tell it is told PRUNED. Interrupted trials
     do not count towards n_trials; failed ones do."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    retried = _retried(trials)
     interrupted = 0
     for trial in trials:
         if trial.state != TrialState.RUNNING:
@@ -193,11 +196,17 @@ def prepare_resume(study: optuna.Study, n_trials: int) -> int:
     return remaining
 
 
-def failed_trials(study: optuna.Study) -> int:
-    """Trials that failed, not counting interrupted ones that ran again."""
+def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """The numbers of the interrupted trials that were enqueued to run again."""
+    return {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Finished trials by outcome; 'interrupted': failed because a killed sweep left them running (run again)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
-    return sum(t.state == TrialState.FAIL and t.number not in retried for t in trials)
+    retried = _retried(trials)
+    counts = {state.name.lower(): sum(t.state == state and t.number not in retried for t in trials) for state in DONE}
+    return {**counts, "interrupted": len(retried)}
 
 
 # ------------------------------------------------------------ outcomes
@@ -232,8 +241,7 @@ def tell_outcome(study: optuna.Study, trial: optuna.trial.Trial, job: JobReturn)
 
 def results(study: optuna.Study, objective) -> dict:
     """What optimization_results.yaml holds: the best trial and the counts."""
-    counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in DONE}
-    out = {"name": "optuna", "study": study.study_name, "objective": objective, "trials": counts}
+    out = {"name": "optuna", "study": study.study_name, "objective": objective, "trials": trial_counts(study)}
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:
         out |= {"best_trial": study.best_trial.number, "best_params": study.best_params, "best_value": study.best_value}

@@ -22,12 +22,12 @@ from gpo.sweeps.study import (
     TRIAL_KEY,
     SearchSpace,
     check_settings,
-    failed_trials,
     open_storage,
     prepare_resume,
     results,
     study_lock,
     tell_outcome,
+    trial_counts,
 )
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class OptunaSweeper(Sweeper):
         self.validate_batch_is_legal(batch)  # a bad override fails here, before any job starts
         for trial, job in zip(trials, self.launcher.launch(batch, initial_job_idx=first)):
             tell_outcome(study, trial, job)
-        failed = failed_trials(study)
+        failed = trial_counts(study)["fail"]
         if failed > self.max_failure_rate * self.n_trials:
             raise RuntimeError(f"Optuna study {study.study_name!r} stopped: {failed} of its {self.n_trials} trials "
                                f"failed (more than hydra.sweeper.max_failure_rate={self.max_failure_rate}); the "
