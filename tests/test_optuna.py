@@ -39,7 +39,8 @@ PRESET = ["beta=tag(log, interval(0.01, 2.0))", "optimizer.lr=tag(log, interval(
 def test_the_search_space_reads_hydras_sweep_grammar():
     space = SearchSpace.parse([
         *PRESET, "x=interval(0, 1)", "n=range(1, 5)", "m=range(2, 11, 3)", "k=tag(log, range(1, 100))",
-        "f=range(0.1, 0.5, 0.1)", "order=shuffle(range(3))", "pick=shuffle(choice(c, a, b))", "+extra=choice(a, 'b c', true)",
+        "f=range(0.1, 0.5, 0.1)", "order=shuffle(range(3))", "pick=shuffle(choice(c, a, b))",
+        "+extra=choice(a, 'b c', true)",
         "seed=3", "~callbacks.progress_bar", "beta=0.5",  # the command line's beta wins over the preset's sweep
     ])
     d = space.distributions
@@ -54,8 +55,8 @@ def test_the_search_space_reads_hydras_sweep_grammar():
     assert d["extra"] == CategoricalDistribution(["a", "b c", True])
     assert "beta" not in d and space.fixed == ["seed=3", "~callbacks.progress_bar", "beta=0.5"]
 
-    params = {"optimizer.lr": 3e-4, "loss": "ipo", "x": 0.25, "n": 2, "m": 5, "k": 17, "f": 0.2, "order": 1, "pick": "a",
-              "extra": "b c"}
+    params = {"optimizer.lr": 3e-4, "loss": "ipo", "x": 0.25, "n": 2, "m": 5, "k": 17, "f": 0.2, "order": 1,
+              "pick": "a", "extra": "b c"}
     lines = space.overrides(params)
     assert lines[-3:] == space.fixed and "+extra=b\\ c" in lines
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(lines[:-3])}
@@ -143,9 +144,8 @@ def test_a_resumed_study_must_keep_its_settings(tmp_path):
 
 def test_one_sweep_at_a_time_on_a_study(tmp_path):
     url = f"sqlite:///{tmp_path}/optuna.db"
-    with study_lock(url), pytest.raises(InputError, match="another sweep is running the study"):
-        with study_lock(url):
-            pass
+    with study_lock(url), pytest.raises(InputError, match="another sweep is running the study"), study_lock(url):
+        pass
     with study_lock(url):  # released when the first sweep ends
         pass
 

@@ -104,7 +104,8 @@ def test_the_optuna_sweeper_prunes_trials_through_the_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     output = multirun(sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "~hydra.callbacks.sweep_report",
                       "callbacks.sample_evaluation.every_n_steps=2", "hydra/sweeper/pruner=none",
-                      "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "+hydra.sweeper.pruner.lower=1.01")
+                      "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+                      "+hydra.sweeper.pruner.lower=1.01")
     trials = optuna.load_study(study_name="gpo", storage=f"sqlite:///{sweep}/optuna.db").trials
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
     assert all(list(t.intermediate_values) == [2] and t.value == t.intermediate_values[2] for t in trials)
