@@ -9,13 +9,15 @@ import math
 import hydra
 import optuna
 import pytest
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import FAST, SMALL_TASK, compose_train
+from conftest import CONF, FAST, SMALL_TASK, compose_train
 from gpo.errors import InputError
 from gpo.run import train
 from gpo.summary import PRUNED, RunSummary
@@ -61,6 +63,13 @@ def test_the_search_space_reads_hydras_sweep_grammar():
     assert lines[-3:] == space.fixed and "+extra=b\\ c" in lines
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(lines[:-3])}
     assert parsed == params  # what a job receives is exactly what the trial sampled
+
+
+def test_glob_sweeps_the_options_of_a_config_group():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        space = SearchSpace.parse(["loss=glob(*, exclude=[sft, ipo*])"], GlobalHydra.instance().config_loader())
+    choices = space.distributions["loss"].choices
+    assert {"dpo", "savage", "simpo"} <= set(choices) and not {"sft", "ipo", "ipo_length_normalised"} & set(choices)
 
 
 @pytest.mark.parametrize("line, problem", [

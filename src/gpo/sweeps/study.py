@@ -162,9 +162,15 @@ def check_settings(study: optuna.Study, settings: dict) -> None:
         return
     changed = [key for key in sorted(set(stored) | set(settings)) if stored.get(key) != settings.get(key)]
     if changed:
-        details = "; ".join(f"{key}: was {stored.get(key)}, now {settings.get(key)}" for key in changed)
+        details = "; ".join(_difference(key, stored.get(key), settings.get(key)) for key in changed)
         raise InputError(f"study {study.study_name!r} was started with other settings ({details}); "
                          "run it with the same ones, or start a new study in another hydra.sweep.dir")
+
+
+def _difference(key: str, was, now) -> str:
+    if isinstance(was, list) and isinstance(now, list):  # overrides: only those that differ
+        was, now = [x for x in was if x not in now], [x for x in now if x not in was]
+    return f"{key}: was {was}, now {now}"
 
 
 def prepare_resume(study: optuna.Study, n_trials: int) -> int:

@@ -10,6 +10,7 @@ gpo/sweeps/study.py; jobs report to their trial through gpo/sweeps/pruning.py.
 """
 
 import logging
+import sys
 from pathlib import Path
 
 import optuna
@@ -59,10 +60,19 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
+        try:
+            self._sweep(arguments)
+        except InputError as error:  # bad input: one line, no traceback (as src/train.py does for a run)
+            sys.exit(f"error: {error}")
+
+    def _sweep(self, arguments: list[str]) -> None:
         space = SearchSpace.parse([f"{k}={v}" for k, v in self.params.items()] + list(arguments),
                                   self.hydra_context.config_loader)
         if not space.distributions:
             raise InputError("hparams_search=optuna: nothing to search (hydra.sweeper.params has no sweep override)")
+        # One sampled point composed first: a bad override stops here, before the study records anything.
+        probe = optuna.create_study(sampler=optuna.samplers.RandomSampler()).ask(space.distributions)
+        self.validate_batch_is_legal([space.overrides(probe.params)])
         objective = self.config.get("optimized_metric")
         if OmegaConf.is_config(objective):
             objective = OmegaConf.to_container(objective)
@@ -89,7 +99,12 @@ class OptunaSweeper(Sweeper):
         if [t.number for t in trials] != list(range(first, first + size)):  # job number = trial number
             raise InputError(f"study {study.study_name!r}: another process is asking trials of it")
         batch = [[*space.overrides(t.params), f"++{TRIAL_KEY}={t.number}"] for t in trials]
-        self.validate_batch_is_legal(batch)  # a bad override fails here, before any job starts
+        try:
+            self.validate_batch_is_legal(batch)  # e.g. a choice that names no config: before any job starts
+        except Exception:
+            for trial in trials:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
         for trial, job in zip(trials, self.launcher.launch(batch, initial_job_idx=first)):
             tell_outcome(study, trial, job)
         failed = trial_counts(study)["fail"]
