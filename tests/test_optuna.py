@@ -4,6 +4,7 @@ grammar, the preset, resuming a study, telling outcomes, and a trial pruned
 in a real training run. The sweeper run end to end (killed and resumed,
 pruning through the launcher): tests/test_resume.py, tests/test_sweeps.py."""
 
+import functools
 import math
 
 import hydra
@@ -29,6 +30,7 @@ from gpo.sweeps.study import (
     check_settings,
     open_storage,
     prepare_resume,
+    sampler_for,
     study_lock,
     tell_outcome,
     trial_counts,
@@ -90,7 +92,7 @@ def test_the_preset_composes_with_its_sweeper_sampler_pruner_and_callback(tmp_pa
     cfg = compose_train(["hparams_search=optuna", f"hydra.sweeper.storage={storage}"])
     sweeper = hydra.utils.instantiate(HydraConfig.get().sweeper)
     assert type(sweeper).__name__ == "OptunaSweeper" and sweeper.storage == storage and sweeper.n_trials == 30
-    assert isinstance(sweeper.sampler, optuna.samplers.TPESampler)
+    assert sweeper.sampler.func is optuna.samplers.TPESampler  # made by the sweeper (sampler_for)
     assert isinstance(sweeper.pruner, optuna.pruners.MedianPruner)
     space = SearchSpace.parse([f"{k}={v}" for k, v in sweeper.params.items()])
     assert set(space.distributions) == {"beta", "optimizer.lr", "loss"} and space.distributions["beta"].log
@@ -105,7 +107,7 @@ def test_the_preset_composes_with_its_sweeper_sampler_pruner_and_callback(tmp_pa
     callback = hydra.utils.instantiate(cfg.callbacks.optuna_pruning)
     assert callback.active and callback.number == 4
     assert isinstance(callback.pruner, optuna.pruners.HyperbandPruner) and callback.pruner._max_resource == 120
-    assert isinstance(hydra.utils.instantiate(HydraConfig.get().sweeper).sampler, optuna.samplers.RandomSampler)
+    assert hydra.utils.instantiate(HydraConfig.get().sweeper).sampler.func is optuna.samplers.RandomSampler
     cfg = compose_train(["hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra/sweeper/pruner=none"])
     assert isinstance(hydra.utils.instantiate(cfg.callbacks.optuna_pruning).pruner, optuna.pruners.NopPruner)
 
@@ -139,6 +141,26 @@ def test_a_killed_study_resumes_to_its_total_running_interrupted_trials_again_fi
     study.tell(retry, 0.7)
     assert trial_counts(study) == {"complete": 2, "pruned": 1, "fail": 1, "interrupted": 1}  # 2 is not a failure
     assert prepare_resume(study, n_trials=3) == 0  # done: a smaller total runs nothing
+
+
+def test_a_resumed_study_samples_new_points_reproducibly(tmp_path):
+    """Made again with its seed, the sampler of a resumed study would repeat
+    the first run's random points; sampler_for moves the seed on by the
+    trials the study holds."""
+    factory = functools.partial(optuna.samplers.RandomSampler, seed=0)
+    study = new_study(tmp_path, sampler=sampler_for(open_storage(f"sqlite:///{tmp_path}/db/optuna.db"), "gpo",
+                                                    factory))
+    first = [study.ask(SPACE).params for _ in range(3)]
+    storage = open_storage(f"sqlite:///{tmp_path}/db/optuna.db")
+
+    def resumed_points():
+        resumed = optuna.load_study(study_name="gpo", storage=storage, sampler=sampler_for(storage, "gpo", factory))
+        return [resumed.ask(SPACE).params for _ in range(3)]
+
+    points = resumed_points()
+    assert not any(point in first for point in points)
+    fresh = optuna.create_study(sampler=factory(seed=3))  # what the resumed study drew: seed 0 + 3 trials
+    assert points == [fresh.ask(SPACE).params for _ in range(3)]
 
 
 def test_a_resumed_study_must_keep_its_settings(tmp_path):

@@ -19,6 +19,7 @@ loop lives here, testable without Hydra's plugin machinery:
 """
 
 import fcntl
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -150,6 +151,17 @@ def study_lock(url: str) -> Iterator[None]:
 
 
 # ------------------------------------------------------------ resume
+
+
+def sampler_for(storage: optuna.storages.BaseStorage, study_name: str, factory: functools.partial):
+    """The sampler (configured with `_partial_: true`) for a study that may
+    hold trials already. A seeded sampler made again with its seed would draw
+    the first run's random points again; its seed moves on by the number of
+    trials the study holds, so a resumed study explores new points and is
+    still reproducible."""
+    held = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    seed, done = factory.keywords.get("seed"), held.get(study_name, 0)
+    return factory(seed=seed + done) if seed is not None and done else factory()
 
 
 def check_settings(study: optuna.Study, settings: dict) -> None:

@@ -9,6 +9,7 @@ continues it up to `n_trials`. Job numbers are trial numbers. The logic is in
 gpo/sweeps/study.py; jobs report to their trial through gpo/sweeps/pruning.py.
 """
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from gpo.sweeps.study import (
     open_storage,
     prepare_resume,
     results,
+    sampler_for,
     study_lock,
     tell_outcome,
     trial_counts,
@@ -35,10 +37,11 @@ log = logging.getLogger(__name__)
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None,
+    def __init__(self, sampler: functools.partial, pruner: optuna.pruners.BasePruner | None,
                  direction: str, storage: str, study_name: str, n_trials: int, n_jobs: int = 1,
                  max_failure_rate: float = 0.5, params: DictConfig | None = None):
-        """`storage`: an SQLAlchemy URL (resumable; there is no in-memory
+        """`sampler`: a sampler factory (`_partial_: true`, gpo.sweeps.study.sampler_for);
+        `storage`: an SQLAlchemy URL (resumable; there is no in-memory
         study, since jobs in other processes report to it); `n_trials`: the
         study's total; `max_failure_rate`: the sweep stops once more than this
         share of n_trials has failed; `params`: the search space, one Hydra
@@ -77,9 +80,10 @@ class OptunaSweeper(Sweeper):
         if OmegaConf.is_config(objective):
             objective = OmegaConf.to_container(objective)
         with study_lock(self.storage):
-            study = optuna.create_study(storage=open_storage(self.storage), study_name=self.study_name,
-                                        sampler=self.sampler, pruner=self.pruner, direction=self.direction,
-                                        load_if_exists=True)
+            storage = open_storage(self.storage)
+            study = optuna.create_study(storage=storage, study_name=self.study_name, pruner=self.pruner,
+                                        sampler=sampler_for(storage, self.study_name, self.sampler),
+                                        direction=self.direction, load_if_exists=True)
             check_settings(study, {"objective": objective, "overrides": space.lines})
             remaining = prepare_resume(study, self.n_trials)
             log.info("Optuna study %s in %s: %s %s over %s; %d trials to run, %d at a time", study.study_name,
