@@ -6,15 +6,18 @@ pruning through the launcher): tests/test_resume.py, tests/test_sweeps.py."""
 
 import functools
 import math
+from types import SimpleNamespace
 
 import hydra
 import optuna
 import pytest
+import yaml
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -35,6 +38,7 @@ from gpo.sweeps.study import (
     tell_outcome,
     trial_counts,
 )
+from hydra_plugins.gpo_sweepers.optuna_sweeper import OptunaSweeper
 
 PRESET = ["beta=tag(log, interval(0.01, 2.0))", "optimizer.lr=tag(log, interval(1e-5, 1e-3))",
           "loss=choice(dpo, ipo, slic, exponential, truncated_quadratic, savage)"]
@@ -187,14 +191,59 @@ def job_return(value, status=JobStatus.COMPLETED) -> JobReturn:
     return job
 
 
-def test_each_job_outcome_becomes_the_trials_state(tmp_path):
+def test_each_job_outcome_becomes_the_trials_state(tmp_path, caplog):
     study = new_study(tmp_path)
     outcomes = [job_return(0.625), job_return(None), job_return(math.nan), job_return(RuntimeError("boom"),
                                                                                       JobStatus.FAILED)]
+    outcomes[1].hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": "sweep/1_dpo-beta0.1"}}})
     trials = [study.ask(SPACE) for _ in outcomes]
     states = [tell_outcome(study, trial, job) for trial, job in zip(trials, outcomes)]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL, TrialState.FAIL]
     assert [t.state for t in study.trials] == states and study.trials[0].value == 0.625
+    assert "Trial 1 failed: the job returned None as its objective (sweep/1_dpo-beta0.1" in caplog.text
+    assert "Trial 3 failed (?): RuntimeError: boom" in caplog.text
+
+
+class FakeLauncher:
+    """Stands in for a Hydra launcher: records each batch, and returns for
+    each job what `objective` makes of its overrides."""
+
+    def __init__(self, objective):
+        self.objective, self.batches = objective, []
+
+    def launch(self, batch, initial_job_idx):
+        self.batches.append((initial_job_idx, batch))
+        return [job_return(self.objective(dict(line.split("=", 1) for line in job))) for job in batch]
+
+
+def sweeper_with(launcher, tmp_path, **settings) -> OptunaSweeper:
+    sweeper = OptunaSweeper(**{
+        "sampler": functools.partial(optuna.samplers.RandomSampler, seed=0), "pruner": None,
+        "direction": "maximize", "storage": f"sqlite:///{tmp_path}/optuna.db", "study_name": "gpo",
+        "params": {"beta": "tag(log, interval(0.01, 2.0))"}, **settings})
+    sweeper.config = OmegaConf.create({"optimized_metric": "eval/win_rate", "hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweeper.hydra_context, sweeper.launcher = SimpleNamespace(config_loader=None), launcher
+    sweeper.validate_batch_is_legal = lambda batch: None  # no Hydra config to compose against here
+    return sweeper
+
+
+def test_the_sweeper_hands_batches_of_trials_to_the_launcher_and_tells_their_values(tmp_path):
+    launcher = FakeLauncher(lambda job: -abs(math.log(float(job["beta"]) / 0.1)))
+    sweeper_with(launcher, tmp_path, n_trials=5, n_jobs=2)._sweep(["seed=1"])
+    assert [(first, len(batch)) for first, batch in launcher.batches] == [(0, 2), (2, 2), (4, 1)]
+    jobs = [job for _, batch in launcher.batches for job in batch]
+    assert [job[-1] for job in jobs] == [f"++optuna_trial={n}" for n in range(5)]  # job number = trial number
+    assert all(job[1] == "seed=1" for job in jobs)
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    values = [launcher.objective(dict(line.split("=", 1) for line in job)) for job in jobs]
+    assert results["best_value"] == max(values) and results["trials"]["complete"] == 5
+
+
+def test_the_sweeper_stops_once_too_many_trials_failed(tmp_path):
+    launcher = FakeLauncher(lambda job: None)  # e.g. none of optimized_metric measured
+    with pytest.raises(RuntimeError, match="4 of its 8 trials failed"):
+        sweeper_with(launcher, tmp_path, n_trials=8, n_jobs=2, max_failure_rate=0.25)._sweep([])
+    assert len(launcher.batches) == 2  # 2 failures are allowed (0.25 x 8), the third stops it
 
 
 def test_a_pruned_trial_stops_training_early_and_is_recorded_as_pruned(tmp_path):

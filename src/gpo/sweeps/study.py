@@ -103,7 +103,7 @@ def distribution(override: Override) -> BaseDistribution:
         if log_scale and value.start <= 0:
             raise InputError(f"{where}: a log scale needs a positive lower end")
         return FloatDistribution(value.start, value.end, log=log_scale)
-    if isinstance(value, RangeSweep) and not value.shuffle:
+    if isinstance(value, RangeSweep):
         grid = list(override.sweep_iterator())
         if not grid:
             raise InputError(f"{where}: the range is empty")
