@@ -106,13 +106,14 @@ def test_the_preset_composes_with_its_sweeper_sampler_pruner_and_callback(tmp_pa
     assert isinstance(callback, OptunaPruning) and not callback.active  # no trial: a run outside a study
     assert callback.storage == storage and isinstance(callback.pruner, optuna.pruners.MedianPruner)
 
-    cfg = compose_train(["hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra/sweeper/pruner=hyperband",
-                         "hydra/sweeper/sampler=random", "trainer.max_steps=120", "++optuna_trial=4"])
+    cfg = compose_train(["hparams_search=optuna", f"hydra.sweeper.storage={storage}",
+                         "hydra/sweeper/pruner=HyperbandPruner", "hydra/sweeper/sampler=RandomSampler",
+                         "trainer.max_steps=120", "++optuna_trial=4"])
     callback = hydra.utils.instantiate(cfg.callbacks.optuna_pruning)
     assert callback.active and callback.number == 4
     assert isinstance(callback.pruner, optuna.pruners.HyperbandPruner) and callback.pruner._max_resource == 120
     assert hydra.utils.instantiate(HydraConfig.get().sweeper).sampler.func is optuna.samplers.RandomSampler
-    cfg = compose_train(["hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra/sweeper/pruner=none"])
+    cfg = compose_train(["hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra/sweeper/pruner=NopPruner"])
     assert isinstance(hydra.utils.instantiate(cfg.callbacks.optuna_pruning).pruner, optuna.pruners.NopPruner)
 
 

@@ -103,7 +103,7 @@ def test_the_optuna_sweeper_prunes_trials_through_the_launcher(tmp_path):
     tests/test_resume.py; the parts: tests/test_optuna.py.)"""
     sweep = tmp_path / "sweep"
     output = multirun(sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "~hydra.callbacks.sweep_report",
-                      "callbacks.sample_evaluation.every_n_steps=2", "hydra/sweeper/pruner=none",
+                      "callbacks.sample_evaluation.every_n_steps=2", "hydra/sweeper/pruner=NopPruner",
                       "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
                       "+hydra.sweeper.pruner.lower=1.01")
     trials = optuna.load_study(study_name="gpo", storage=f"sqlite:///{sweep}/optuna.db").trials
