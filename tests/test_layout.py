@@ -22,6 +22,8 @@ ALLOWED = {
     "evaluation": {"infra", "model", "data"},
     "report": {"infra", "losses"},
     "bandit": {"infra", "losses"},
+    # The top, beside run.py: sweeps compose runs (their outcomes, the report, Optuna trials).
+    "sweeps": {"infra", "model", "losses", "data", "reference", "training", "evaluation", "report"},
 }
 
 

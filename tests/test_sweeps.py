@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import matplotlib.image as mpimg
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -17,7 +18,7 @@ import report as report_cli
 from conftest import FAST, ROOT, compose_train
 from gpo.infra.summary import RunSummary
 from gpo.report import DPI, FIGSIZE
-from gpo.sweep import job_outcomes
+from gpo.sweeps.outcomes import job_outcomes
 
 PNG_SHAPE = (FIGSIZE[1] * DPI, FIGSIZE[0] * DPI)  # rows, columns
 
@@ -94,12 +95,32 @@ def test_submitit_local_runs_a_two_point_sweep_and_writes_the_report(tmp_path):
     assert sorted(table["loss"]) == ["dpo", "ipo"] and (table["n_finished"] == 1).all()
 
 
-# The Optuna preset (three trials, stopped after two and resumed): tests/test_resume.py.
+@pytest.mark.slow
+def test_the_optuna_sweeper_prunes_trials_through_the_launcher(tmp_path):
+    """Jobs report their evaluations to their trials; a pruner that stops any
+    trial below a win rate of 1.01 stops both at their first report (step 2 of
+    4); the sweeper tells them PRUNED with that value. (Killed and resumed:
+    tests/test_resume.py; the parts: tests/test_optuna.py.)"""
+    sweep = tmp_path / "sweep"
+    output = multirun(sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "~hydra.callbacks.sweep_report",
+                      "callbacks.sample_evaluation.every_n_steps=2", "hydra/sweeper/pruner=NopPruner",
+                      "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+                      "+hydra.sweeper.pruner.lower=1.01")
+    trials = optuna.load_study(study_name="gpo", storage=f"sqlite:///{sweep}/optuna.db").trials
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert all(list(t.intermediate_values) == [2] and t.value == t.intermediate_values[2] for t in trials)
+    jobs = summaries(sweep)
+    assert sorted(name.split("_")[0] for name in jobs) == ["0", "1"]
+    assert all(job["status"] == "pruned" and job["stages"]["optuna"]["pruned_at_step"] == 2 for job in jobs.values())
+    assert all(max(point["step"] for point in job["trajectory"]) == 2 for job in jobs.values())
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["trials"]["pruned"] == 2 and "best_value" not in results  # no trial completed
+    assert "finished (2 pruned early)" in output
 
 
 def test_list_failed_jobs_counts_jobs_without_a_summary(tmp_path):
     jobs = [("0_a", RunSummary("dpo", 0.1, 0)), ("1_b", RunSummary("ipo", 0.1, 0, status="failed", error="boom")),
-            ("2_c", None)]
+            ("2_c", None), ("3_d", RunSummary("dpo", 0.2, 0, status="pruned"))]
     for name, summary in jobs:
         (tmp_path / name / ".hydra").mkdir(parents=True)
         if summary is not None:
@@ -107,6 +128,7 @@ def test_list_failed_jobs_counts_jobs_without_a_summary(tmp_path):
     outcomes = job_outcomes(tmp_path)
     assert [job.name for job, _ in outcomes["finished"]] == ["0_a"]
     assert outcomes["failed"] == [(tmp_path / "1_b", "boom")]
+    assert outcomes["pruned"] == [(tmp_path / "3_d", "")]  # stopped early by an Optuna pruner, not a failure
     assert outcomes["missing"] == [(tmp_path / "2_c", "no summary.json")]
 
 

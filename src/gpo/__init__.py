@@ -16,5 +16,6 @@ The parts, lowest first; each imports only parts above it in this list
     bandit       the paper's toy bandit, solved exactly, and its experiment
 
 The top composes them: `run` (one training run: what src/train.py runs) and
-`sweep` (the end of a sweep: failed jobs listed, the report written).
+`sweeps` (the end of a sweep: failed jobs listed, the report written; Optuna
+studies and the pruning callback a job reports to its trial through).
 """

@@ -148,12 +148,13 @@ def run_job(cfg: DictConfig) -> float | None:
     """Train; on failure leave a record for the sweep report and close the W&B
     run as failed (checkpoints and logs already written stay where they are).
     A run directory whose summary.json says finished is skipped (resume=false
-    trains it again). Returns `optimized_metric` for Hydra sweepers."""
+    trains it again). Returns `optimized_metric` (the first of a list that the
+    run measured) for Hydra sweepers."""
     run_dir = HydraConfig.get().runtime.output_dir
     done = finished_run(cfg, run_dir)
     if done is not None:
         log.info("%s: finished already (summary.json); skipped (resume=false trains it again)", run_dir)
-        return done.metrics.get(cfg.get("optimized_metric"))
+        return done.objective(cfg.get("optimized_metric"))
     try:
         summary = train(cfg)
     except Interrupted as stop:  # a preemption signal: checkpointed at this step; requeue and stop the process
@@ -173,4 +174,4 @@ def run_job(cfg: DictConfig) -> float | None:
             log.error("%s", error)
             sys.exit(f"error: {error}")
         raise
-    return summary.metrics.get(cfg.get("optimized_metric"))
+    return summary.objective(cfg.get("optimized_metric"))

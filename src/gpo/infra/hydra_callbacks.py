@@ -1,7 +1,7 @@
 """Hydra callbacks around every job (hydra.callbacks in conf/train.yaml and
 the launcher presets): check the output directory, mask secrets in the config
 files Hydra writes, give every local parallel job a GPU of its own. The
-callbacks at the end of a sweep: gpo/sweep.py."""
+callbacks at the end of a sweep: gpo/sweeps/outcomes.py."""
 
 import fcntl
 import logging

@@ -9,6 +9,7 @@ schema, so none of them keeps its own list of keys.
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -17,6 +18,7 @@ from gpo.infra.secrets import redact
 
 FILENAME = "summary.json"
 FINISHED, FAILED = "finished", "failed"
+PRUNED = "pruned"  # stopped early, cleanly, by an Optuna study's pruner (gpo/sweeps/pruning.py)
 
 
 @dataclass
@@ -24,7 +26,7 @@ class RunSummary:
     loss: str  # the conf/loss option, e.g. "dpo"
     beta: float  # the beta the loss used (after beta_scale)
     seed: int
-    status: str = FINISHED  # FINISHED or FAILED
+    status: str = FINISHED  # FINISHED, FAILED or PRUNED
     error: str | None = None  # "<ExceptionType>: <message>" when FAILED
     beta_requested: float | None = None  # beta as given; differs from `beta` under beta_scale
     beta_scale: str = "none"  # none | taylor | link
@@ -41,6 +43,12 @@ class RunSummary:
     @property
     def finished(self) -> bool:
         return self.status == FINISHED
+
+    def objective(self, names: str | Sequence[str] | None) -> float | None:
+        """The value of the first of `names` (`optimized_metric`: a metric, or
+        a list in order of preference) that this run measured."""
+        names = [names] if isinstance(names, str) else names or []
+        return next((self.metrics[name] for name in names if name in self.metrics), None)
 
     def write(self, directory: str | Path) -> Path:
         """Atomically (temp file + rename): a reader never sees half a summary.

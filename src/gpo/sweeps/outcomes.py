@@ -8,16 +8,17 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from gpo.infra.summary import FILENAME, RunSummary
+from gpo.infra.summary import FILENAME, PRUNED, RunSummary
 
 log = logging.getLogger(__name__)
 
 
 def job_outcomes(sweep_dir: str | Path) -> dict[str, list[tuple[Path, str]]]:
-    """Jobs of a sweep directory by outcome: 'finished', 'failed' (with the
-    error train.py recorded) and 'missing' (a job directory without summary.json:
-    the process was killed, e.g. out of memory or by the scheduler)."""
-    outcomes = {"finished": [], "failed": [], "missing": []}
+    """Jobs of a sweep directory by outcome: 'finished', 'pruned' (stopped
+    early by an Optuna study's pruner), 'failed' (with the error train.py
+    recorded) and 'missing' (a job directory without summary.json: the
+    process was killed, e.g. out of memory or by the scheduler)."""
+    outcomes = {"finished": [], "pruned": [], "failed": [], "missing": []}
     for hydra_dir in sorted(Path(sweep_dir).rglob(".hydra")):
         job_dir = hydra_dir.parent
         summary_path = job_dir / FILENAME
@@ -25,7 +26,8 @@ def job_outcomes(sweep_dir: str | Path) -> dict[str, list[tuple[Path, str]]]:
             outcomes["missing"].append((job_dir, "no summary.json"))
             continue
         summary = RunSummary.read(summary_path)
-        outcomes["finished" if summary.finished else "failed"].append((job_dir, summary.error or ""))
+        outcome = "finished" if summary.finished else "pruned" if summary.status == PRUNED else "failed"
+        outcomes[outcome].append((job_dir, summary.error or ""))
     return outcomes
 
 
@@ -38,7 +40,8 @@ class ListFailedJobs(Callback):
         bad = outcomes["failed"] + outcomes["missing"]
         total = sum(map(len, outcomes.values()))
         if not bad:
-            log.info("All %d jobs of %s finished", total, config.hydra.sweep.dir)
+            pruned = f" ({len(outcomes['pruned'])} pruned early)" if outcomes["pruned"] else ""
+            log.info("All %d jobs of %s finished%s", total, config.hydra.sweep.dir, pruned)
             return
         lines = [f"{len(bad)} of {total} jobs did not finish:"] + [f"  {job}: {error}" for job, error in bad]
         log.error("\n".join(lines))
