@@ -17,7 +17,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from gpo.report.analysis import present
+from gpo.report.analysis import error_bar_words, present
 from gpo.report.metrics import PLOT_METRICS, STDERR_SUFFIX, spec
 
 # Fixed so that every plot has the same pixel size (1200 x 800), whatever it shows.
@@ -125,7 +125,7 @@ def plot_metrics_vs_beta(table: pd.DataFrame, path: str | Path, scaled: bool = F
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = unique_legend(fig)
     fig.legend(handles, labels, loc="outside lower center", ncols=legend_columns(labels, 4),
-               title="loss family (error bars: ± standard error over seeds)")
+               title=f"loss family (error bars: {error_bar_words(table)})")
     title = ("GPO sweep: metrics vs Taylor-rescaled β = β·f''(0)/|f'(0)|" if scaled else "GPO sweep: metrics vs β")
     if omitted:
         title += f"\nomitted, f''(0) = 0 so β cannot be rescaled: {', '.join(omitted)}"
@@ -159,7 +159,7 @@ def plot_gold_vs_kl(table: pd.DataFrame, path: str | Path) -> Path | None:
         ax.grid(True, alpha=0.3)
     handles, labels = unique_legend(fig)
     fig.legend(handles, labels, loc="outside lower center", ncols=legend_columns(labels, 5),
-               title="loss family (error bars: ± standard error)")
+               title=f"loss family (error bars: {error_bar_words(table)})")
     fig.suptitle("GPO sweep: gold-reward trade-off against KL from the reference policy (end of training)")
     return save(fig, path)
 
