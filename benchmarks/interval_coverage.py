@@ -24,8 +24,9 @@ Methods (best beta; "report" marks what the report uses):
 - Wald: the cubic's estimate +- t * sd(per-seed influence) / sqrt(S), symmetric;
 - old: the previous report's, a parabola through the grid maximum and its neighbours, percentile bootstrap
   over seeds (200 resamples).
-Ratio: report = paired per-seed influence differences, t interval (delta method, seed as cluster);
-Bonferroni = the two families' 97.5% Fieller sets combined; old = the bootstrap's joint resamples.
+Ratio: report = MOVER, the two Fieller sets' half-widths combined with the correlation of the seeds'
+influences; delta = paired per-seed influence differences, t interval (seed as cluster); Bonferroni =
+the two families' 97.5% Fieller sets combined; old = the bootstrap's joint resamples.
 Gap at KL 1: report = per-seed piecewise-linear reading, paired t interval; unpaired = the two families'
 seed-mean curves with their standard errors combined as if independent.
 Gao peak KL: report = per-seed RL-form fits, t-inversion set.
@@ -132,7 +133,11 @@ def scenario_rows(scenario, n_seeds, replicates, level, seed):
                                                              np.where(interior, hi, np.nan))
     log_ratio = truth[fam.name] - truth[ref.name]
     d = paired_difference(peaks[fam.name], peaks[ref.name], level)
-    rows["ratio: report (paired seeds, delta method)"] = summary(log_ratio, d.estimate, d.low, d.high)
+    rows["ratio: report (MOVER: Fieller sets + seed correlation)"] = summary(log_ratio, d.estimate, d.low, d.high)
+    _, dl, dh, n = mean_interval(peaks[fam.name].influence() - peaks[ref.name].influence(), level)
+    delta = np.where(peaks[fam.name].bounded & peaks[ref.name].bounded, (dh - dl) / 2, np.nan)
+    rows["ratio: delta method (paired seeds, t)"] = summary(log_ratio, d.estimate, d.estimate - delta,
+                                                            d.estimate + delta)
     wide = {f: find_peaks(x[f], y[f], 1 - (1 - level) / 2, scenario.baseline) for f in x}
     rows["ratio: Bonferroni of two 97.5% Fieller sets"] = summary(
         log_ratio, d.estimate, wide[fam.name].low - wide[ref.name].high, wide[fam.name].high - wide[ref.name].low)

@@ -65,7 +65,7 @@ def _fit_group(runs: pd.DataFrame, metric: str, reference: str, level: float, dr
         best_grid = betas[np.nanargmax(sign * means)]
         scale = family["regularisation_scale"].dropna()
         influence = p.influence()[0]
-        noise_var = float(p.residual_var[0] * p.leverage[0] / np.nanmean(p.derivative(p.estimate, 2)) ** 2)
+        noise_var = float(p.residual_var[0] * p.leverage[0] / p.curvature()[0] ** 2)
         rows.append({"loss": loss, "regularisation_scale": scale.iloc[0] if len(scale) else np.nan,
                      "log_best": p.estimate[0], "best_beta": float(np.exp(p.estimate[0])),
                      "best_beta_low": float(np.exp(p.low[0])), "best_beta_high": float(np.exp(p.high[0])),

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from gpo.report.analysis import per_group, seed_matrices
-from gpo.report.intervals import root_set
+from gpo.report.intervals import batched, root_set
 from gpo.report.load import finished
 from gpo.report.metrics import STDERR_SUFFIX, spec
 from gpo.report.peak import FINE, fit_seeds
@@ -56,6 +56,7 @@ class GaoFit:
     n_seeds: np.ndarray
 
 
+@batched
 def fit_gao(kl: np.ndarray, y: np.ndarray, form: str, level: float = 0.95) -> GaoFit:
     """kl, y: (R, S, n), NaN = missing; higher y is better."""
     kl, y = np.asarray(kl, float), np.asarray(y, float)
@@ -74,8 +75,9 @@ def fit_gao(kl: np.ndarray, y: np.ndarray, form: str, level: float = 0.95) -> Ga
     hi = np.where(used, d, -np.inf).max(axis=(1, 2))
     lo, hi = np.where(np.isfinite(lo), lo, 1.0), np.where(np.isfinite(hi), hi, 1.0)
     fine = np.exp(np.log(lo)[:, None] + np.log(hi / lo)[:, None] * np.linspace(0, 1, FINE)[None, :])  # R, m
-    slope = np.einsum("rsp,rmp->rsm", theta, slope_fn(fine))
-    value = np.einsum("rsp,rmp->rm", np.where(seeds_ok[..., None], theta, 0.0), basis_fn(fine))
+    slope = theta @ slope_fn(fine).transpose(0, 2, 1)  # R, S, FINE
+    value = (np.where(seeds_ok[..., None], theta, 0.0).sum(axis=1, keepdims=True)
+             @ basis_fn(fine).transpose(0, 2, 1))[:, 0]
     roots = root_set(fine, slope, value, level)
 
     fitted = np.einsum("rsp,rsnp->rsn", np.nan_to_num(theta), basis)

@@ -22,15 +22,15 @@ import numpy as np
 import pandas as pd
 
 from gpo.report.analysis import aggregate, default_kls, per_group, seed_matrices
-from gpo.report.intervals import mean_interval, t_quantile
+from gpo.report.intervals import mean_interval, nanmean, t_quantile
 from gpo.report.load import finished
 
 KL = "eval/kl"
 
 
 def at_kl(kl: np.ndarray, y: np.ndarray, targets) -> np.ndarray:
-    """Each (replicate, seed)'s y, piecewise linear in log KL, at the target KLs: (R, S, K);
-    NaN outside its KL range. kl, y: (R, S, n), NaN = missing run."""
+    """Each (replicate, seed)'s y, piecewise linear in log KL, at the target KLs (K,) or, per
+    replicate, (R, K): (R, S, K); NaN outside its KL range. kl, y: (R, S, n), NaN = missing run."""
     kl, y = np.asarray(kl, float), np.asarray(y, float)
     if y.ndim == 2:
         kl, y = kl[None], y[None]
@@ -40,7 +40,7 @@ def at_kl(kl: np.ndarray, y: np.ndarray, targets) -> np.ndarray:
     order = np.argsort(x, axis=2)
     x, y = np.take_along_axis(x, order, 2), np.take_along_axis(np.where(valid, y, np.nan), order, 2)
     count = valid.sum(axis=2)[..., None]  # R, S, 1
-    t = targets[None, None, :]
+    t = targets[:, None, :] if targets.ndim == 2 else targets[None, None, :]
     j = np.clip((x[..., None] < t[..., None, :]).sum(axis=2) - 1, 0, np.maximum(count - 2, 0))  # R, S, K
     x0, x1 = np.take_along_axis(x, j, 2), np.take_along_axis(x, np.minimum(j + 1, x.shape[2] - 1), 2)
     y0, y1 = np.take_along_axis(y, j, 2), np.take_along_axis(y, np.minimum(j + 1, x.shape[2] - 1), 2)
@@ -52,9 +52,14 @@ def at_kl(kl: np.ndarray, y: np.ndarray, targets) -> np.ndarray:
 
 
 def common_kl_range(*kls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) per replicate: the KL range that every seed of every given family covers."""
-    lows = [np.nanmin(np.where(k > 0, k, np.nan), axis=2).max(axis=1) for k in kls]
-    highs = [np.nanmax(np.where(k > 0, k, np.nan), axis=2).min(axis=1) for k in kls]
+    """(low, high) per replicate: the KL range that every seed of every given family covers
+    (seeds without two runs left out); low >= high where there is none."""
+    lows, highs = [], []
+    for kl in kls:
+        valid = np.isfinite(kl) & (kl > 0)
+        seeds = valid.sum(axis=2) >= 2
+        lows.append(np.where(seeds, np.where(valid, kl, np.inf).min(axis=2), -np.inf).max(axis=1))
+        highs.append(np.where(seeds, np.where(valid, kl, -np.inf).max(axis=2), np.inf).min(axis=1))
     return np.max(lows, axis=0), np.min(highs, axis=0)
 
 
@@ -102,6 +107,20 @@ def matched_kl_gaps(runs: pd.DataFrame, metric: str, reference: str = "ipo", kls
     return result
 
 
+def log_beta_ratio(kl_a: np.ndarray, log_beta_a: np.ndarray, kl_b: np.ndarray, log_beta_b: np.ndarray,
+                   n: int = 9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per-seed log beta_a - log beta_b at matched KL, averaged over n log-spaced KLs (R, S); the
+    seed-mean difference at each of those KLs (R, n); the KL range (R, 2)). Inputs (R, S, betas);
+    the range is the one every seed of both families covers (NaN where there is none)."""
+    lo, hi = common_kl_range(kl_a, kl_b)
+    ok = lo < hi
+    targets = np.exp(np.log(np.where(ok, lo, 1.0))[:, None]
+                     + np.log(np.where(ok, hi / lo, 2.0))[:, None] * np.linspace(0, 1, n)[None, :])
+    diff = at_kl(kl_a, log_beta_a, targets) - at_kl(kl_b, log_beta_b, targets)  # R, S, n
+    diff = np.where(ok[:, None, None], diff, np.nan)
+    return diff.mean(axis=2), nanmean(diff, axis=1), np.stack([lo, hi], axis=1)
+
+
 def _beta_ratios(runs: pd.DataFrame, reference: str, level: float, n: int) -> pd.DataFrame:
     columns = ["loss", "ratio", "ratio_low", "ratio_high", "ratio_min", "ratio_max", "kl_lo", "kl_hi", "n_seeds"]
     _, families = _families(runs, [KL])
@@ -110,21 +129,17 @@ def _beta_ratios(runs: pd.DataFrame, reference: str, level: float, n: int) -> pd
     ref_kl, ref_log_beta = families[reference]
     rows = []
     for loss, (kl, log_beta) in families.items():
-        if loss == reference:
-            continue
         both = (np.isfinite(kl).sum(axis=1) >= 2) & (np.isfinite(ref_kl).sum(axis=1) >= 2)
-        if not both.any():
+        if loss == reference or not both.any():
             continue
-        lo, hi = common_kl_range(kl[both][None], ref_kl[both][None])
-        if not lo[0] < hi[0]:
+        seeds, curve, (lo, hi) = (a[0] for a in log_beta_ratio(kl[both][None], log_beta[both][None],
+                                                                ref_kl[both][None], ref_log_beta[both][None], n))
+        if not lo < hi:
             continue
-        targets = np.geomspace(lo[0], hi[0], n)
-        diff = (at_kl(kl[both], log_beta[both], targets) - at_kl(ref_kl[both], ref_log_beta[both], targets))[0]
-        mean, low, high, count = mean_interval(diff.mean(axis=1), level, axis=0)
-        curve = np.nanmean(diff, axis=0)  # the seed-mean log ratio along KL
+        mean, low, high, count = mean_interval(seeds, level, axis=0)
         rows.append({"loss": loss, "ratio": float(np.exp(mean)), "ratio_low": float(np.exp(low)),
                      "ratio_high": float(np.exp(high)), "ratio_min": float(np.exp(curve.min())),
-                     "ratio_max": float(np.exp(curve.max())), "kl_lo": float(lo[0]), "kl_hi": float(hi[0]),
+                     "ratio_max": float(np.exp(curve.max())), "kl_lo": float(lo), "kl_hi": float(hi),
                      "n_seeds": int(count)})
     return pd.DataFrame(rows, columns=columns)
 

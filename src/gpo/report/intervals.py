@@ -12,6 +12,8 @@ report puts next to them.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,10 +73,42 @@ def set_around_maximum(grid: np.ndarray, slope: np.ndarray, half: np.ndarray, va
     right = np.where(outside & (idx > j[:, None]), idx, m).min(axis=1)
     low = _crossing(grid, excess, np.clip(left, 0, m - 2))
     high = _crossing(grid, excess, np.clip(right - 1, 0, m - 2))
-    # No seed-to-seed spread at all (noise-free data): a zero-width set at the estimate.
-    empty = (left == j) & (right == j + 1)
-    low, high = np.where(empty, estimate, low), np.where(empty, estimate, high)
+    # A set narrower than the grid's step: its ends lie between the estimate (where the excess is
+    # -half) and the grid points j, j + 1 next to it.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = (estimate - grid[rows, j]) / (grid[rows, j + 1] - grid[rows, j])
+        at_estimate = -(half[rows, j] + frac * (half[rows, j + 1] - half[rows, j]))
+        near_low = grid[rows, j] + excess[rows, j] / (excess[rows, j] - at_estimate) * (estimate - grid[rows, j])
+        near_high = estimate - at_estimate / (excess[rows, j + 1] - at_estimate) * (grid[rows, j + 1] - estimate)
+    low = np.where(left == j, np.where(np.isfinite(near_low), near_low, estimate), low)
+    high = np.where(right == j + 1, np.where(np.isfinite(near_high), near_high, estimate), high)
     return RootSet(estimate, low, high, (left < 0) | (right >= m), found)
+
+
+CHUNK = 256  # replicates per block in `batched`: bounds the memory of the (R, S, fine grid) arrays
+
+
+def batched(fn):
+    """Run `fn` on blocks of CHUNK replicates (the leading axis of its 3-D array arguments) and
+    join the dataclass it returns field by field."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        arrays = [i for i, a in enumerate(args) if isinstance(a, np.ndarray) and a.ndim == 3]
+        size = len(args[arrays[0]]) if arrays else 0
+        if size <= CHUNK:
+            return fn(*args, **kwargs)
+        parts = [fn(*[a[start:start + CHUNK] if i in arrays else a for i, a in enumerate(args)], **kwargs)
+                 for start in range(0, size, CHUNK)]
+        return dataclasses.replace(parts[0], **{
+            f.name: np.concatenate([getattr(p, f.name) for p in parts])
+            for f in dataclasses.fields(parts[0]) if isinstance(getattr(parts[0], f.name), np.ndarray)})
+    return wrapper
+
+
+def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    """Mean over `axis` without NaNs; NaN (and no warning) where nothing is left."""
+    count = np.isfinite(values).sum(axis=axis)
+    return np.where(count > 0, np.nansum(values, axis=axis) / np.maximum(count, 1), np.nan)
 
 
 def mean_interval(values: np.ndarray, level: float = 0.95, axis: int = 1):

@@ -144,6 +144,8 @@ def best_beta_markdown(best: pd.DataFrame) -> str:
         out[predictor_label(column)] = [verdict_cell(r[column], r["ratio_low"], r["ratio_high"])
                                         for r in best.to_dict("records")]
     lines = [to_markdown(out)]
+    if reference not in set(best["loss"]):
+        lines.append(f"The reference family {reference} is not in the sweep: no ratios (`--reference` names another).")
     why = [f"- {r['loss']}{f' ({by}={fmt(r[by])})' if by else ''}: no interval for the best β: {r['note']}."
            for r in best.to_dict("records") if r["note"]]
     why += [f"- {r['loss']}{f' ({by}={fmt(r[by])})' if by else ''}: no interval for the ratio: {r['ratio_note']}."
@@ -160,7 +162,8 @@ def best_beta_markdown(best: pd.DataFrame) -> str:
 def beta_ratio_markdown(ratios: pd.DataFrame) -> str:
     by, level = ratios.attrs.get("by"), level_label(ratios)
     if ratios.empty:
-        return "Not computable: no family shares a KL range with the reference family in every seed."
+        return (f"Not computable: needs the reference family ({ratios.attrs['reference']}) and another family "
+                "whose seeds cover a common KL range.")
     out = pd.DataFrame({
         **_group_columns(ratios, by), "loss": ratios["loss"], "seeds": ratios["n_seeds"],
         f"β / β({ratios.attrs['reference']}) at matched KL [{level}]": [
@@ -278,9 +281,9 @@ def report_markdown(report, directory: Path) -> str:
         parts += [f"## Best β per family, relative to {a['reference']}",
                   f"Best β by {a['metric']}: a cubic in log β fitted to each seed's runs at the grid points "
                   f"{window}; the best β is the maximum of the seeds' mean cubic, its {level_label(r.best)} interval "
-                  "the set where a t-test over seeds does not reject a zero slope (Fieller); the ratio pairs the "
-                  f"seeds of the two families (delta method, t over seeds). Coverage checked by simulation at 3, 5 "
-                  f"and 10 seeds: [{STATISTICS_DOC}]({STATISTICS_DOC}).",
+                  "the set where a t-test over seeds does not reject a zero slope (Fieller); the ratio's interval "
+                  "combines the two families' sets with the correlation of their seeds (MOVER). Coverage checked by "
+                  f"simulation at 3, 5 and 10 seeds: {STATISTICS_DOC} in the GPO repository.",
                   *[NOTES[c] for c in predictor_columns(r.best) if c in NOTES], best_beta_markdown(r.best)]
     if r.gao is not None and not r.gao.empty:
         parts += ["## Gao et al.'s over-optimisation curves",

@@ -34,10 +34,12 @@ interval, and `reason` says why. The run of the set that holds the estimate
 is reported.
 
 A difference of two maxima (the log ratio of two families' best betas,
-`paired_difference`): seeds are shared, so each seed's influence on the two
-estimates, -g'_s(x_hat) / mean_s g''_s(x_hat), is differenced seed by seed
-and a t interval is taken over seeds (the delta method with the seed as the
-cluster). Given only where both maxima have an interval.
+`paired_difference`): the two Fieller sets combined by MOVER (Zou & Donner
+2008, "method of variance estimates recovery"), each side's half-widths
+with the correlation between the families' per-seed influences on their
+estimates, -g'_s(x_hat) / mean_s g''_s(x_hat) (seeds are shared, so a seed
+that moves both peaks alike cancels). Asymmetric like the sets; given only
+where both maxima have an interval.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpo.report.intervals import root_set, t_quantile
+from gpo.report.intervals import batched, nanmean, root_set
 
 LOW, HIGH = "low", "high"
-FINE = 512  # points of the fine grid on which a set is found (its ends then refined linearly)
+FINE = 256  # points of the fine grid on which a set is found (its ends then refined linearly)
 DEGREE = 3
 DROP = 0.3
 OCTAVES = 1.5
@@ -114,10 +116,13 @@ class Peaks:
         basis = powers(np.asarray(x, float) - self.centre, self.theta.shape[-1] - 1, order)
         return np.einsum("rsp,rp->rs", self.theta, basis)
 
+    def curvature(self) -> np.ndarray:
+        """(R,): the seeds' mean second derivative at the estimate."""
+        return nanmean(self.derivative(self.estimate, 2), axis=1)
+
     def influence(self) -> np.ndarray:
         """(R, S): seed s's first-order contribution to the estimate, -g'_s / mean g''."""
-        curvature = np.nanmean(self.derivative(self.estimate, 2), axis=1)
-        return -self.derivative(self.estimate) / curvature[:, None]
+        return -self.derivative(self.estimate) / self.curvature()[:, None]
 
 
 def _window(x, means, best, valid, octaves, reference_level, drop):
@@ -136,6 +141,7 @@ def _window(x, means, best, valid, octaves, reference_level, drop):
     return (valid & near[:, None, :]).astype(float), (left < 0) & (right >= n)
 
 
+@batched
 def find_peaks(x: np.ndarray, y: np.ndarray, level: float = 0.95, reference_level=None, drop: float = DROP,
                octaves: float = OCTAVES, degree: int = DEGREE) -> Peaks:
     """Peaks of y (R, S, n) over the sorted grid x (n,): higher is better, NaN = missing
@@ -168,11 +174,12 @@ def find_peaks(x: np.ndarray, y: np.ndarray, level: float = 0.95, reference_leve
     fine = lo_z[:, None] + (hi_z - lo_z)[:, None] * np.linspace(0, 1, FINE)[None, :]  # R, FINE
 
     coef = np.where(seeds_ok[..., None], theta, np.nan)
-    slope = np.einsum("rsp,rmp->rsm", coef, powers(fine, degree, 1))
-    value = np.einsum("rsp,rmp->rm", np.nan_to_num(coef), powers(fine, degree)) / np.maximum(n_seeds, 1)[:, None]
+    slope = coef @ powers(fine, degree, 1).transpose(0, 2, 1)  # R, S, FINE
+    mean_coef = np.nansum(coef, axis=1, keepdims=True) / np.maximum(n_seeds, 1)[:, None, None]
+    value = (mean_coef @ powers(fine, degree).transpose(0, 2, 1))[:, 0]
     roots = root_set(fine, slope, value, level)
 
-    residuals = np.where(weights > 0, y - np.einsum("rsp,rnp->rsn", np.nan_to_num(coef), basis), 0.0)
+    residuals = np.where(weights > 0, y - np.nan_to_num(coef) @ basis.transpose(0, 2, 1), 0.0)
     dof = np.maximum((weights.sum(axis=2) - degree - 1) * seeds_ok, 0).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         residual_var = (residuals**2 * seeds_ok[..., None]).sum(axis=(1, 2)) / dof
@@ -200,24 +207,35 @@ def find_peaks(x: np.ndarray, y: np.ndarray, level: float = 0.95, reference_leve
 
 @dataclass
 class Difference:
-    """estimate(a) - estimate(b) per replicate, with a t interval over paired seeds."""
+    """estimate(a) - estimate(b) per replicate, with its interval over paired seeds."""
 
     estimate: np.ndarray
     low: np.ndarray
     high: np.ndarray
-    spread: np.ndarray  # sd over seeds of the paired influence difference
+    spread: np.ndarray  # sd over seeds of the paired influence difference (the delta method's)
+    correlation: np.ndarray  # of the two families' per-seed influences
     n_seeds: np.ndarray
 
 
 def paired_difference(a: Peaks, b: Peaks, level: float = 0.95) -> Difference:
-    """The seed axes of `a` and `b` must be the same seeds (see the module docstring)."""
-    psi = a.influence() - b.influence()  # R, S
-    n = np.isfinite(psi).sum(axis=1)
-    k = np.maximum(n, 1)
-    mean = np.nansum(psi, axis=1) / k
-    spread = np.sqrt(np.nansum((psi - mean[:, None]) ** 2, axis=1) / np.maximum(k - 1, 1))
+    """MOVER (Zou & Donner 2008): the two Fieller sets' lower and upper half-widths combined with
+    the correlation of the seeds' influences on the two estimates, e.g. the lower limit
+    d - sqrt(la^2 + ub^2 - 2 r la ub). The seed axes of `a` and `b` must be the same seeds.
+    The intervals' `level` is theirs (given only where both have one)."""
+    ia, ib = a.influence(), b.influence()
+    both = np.isfinite(ia) & np.isfinite(ib)
+    ia, ib = np.where(both, ia, np.nan), np.where(both, ib, np.nan)
+    n = both.sum(axis=1)
+    k = np.maximum(n, 1)[:, None]
+    ca, cb = ia - np.nansum(ia, axis=1)[:, None] / k, ib - np.nansum(ib, axis=1)[:, None] / k
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.nansum(ca * cb, axis=1) / np.sqrt(np.nansum(ca**2, axis=1) * np.nansum(cb**2, axis=1))
+    r = np.clip(np.nan_to_num(r), -1, 1)
+    spread = np.sqrt(np.nansum((ca - cb) ** 2, axis=1) / np.maximum(k[:, 0] - 1, 1))
     estimate = a.estimate - b.estimate
-    half = t_quantile(level, n - 1) * spread / np.sqrt(k)
+    la, ua, lb, ub = a.estimate - a.low, a.high - a.estimate, b.estimate - b.low, b.high - b.estimate
+    low = estimate - np.sqrt(np.maximum(la**2 + ub**2 - 2 * r * la * ub, 0))
+    high = estimate + np.sqrt(np.maximum(ua**2 + lb**2 - 2 * r * ua * lb, 0))
     given = a.bounded & b.bounded & (n >= 2)
-    return Difference(estimate, np.where(given, estimate - half, np.nan), np.where(given, estimate + half, np.nan),
-                      np.where(n >= 2, spread, np.nan), n)
+    return Difference(estimate, np.where(given, low, np.nan), np.where(given, high, np.nan),
+                      np.where(n >= 2, spread, np.nan), r, n)
