@@ -131,3 +131,13 @@ def test_one_seed_gives_a_point_and_no_interval():
         assert np.isfinite(best.loc[loss, "best_beta"]) and np.isnan(best.loc[loss, "best_beta_low"])
         assert best.loc[loss, "note"] == ONE_SEED
     assert np.isfinite(best.loc["dpo", "ratio"]) and np.isnan(best.loc["dpo", "ratio_low"])
+
+
+def test_two_seeds_give_points_and_words():
+    """Intervals start at 3 seeds, the fewest the coverage tests above check."""
+    sim = simulate(Scenario(FAMILIES, noise=0.01), 2, 1, np.random.default_rng(3))
+    best = best_beta(sim.runs(0)).set_index("loss")
+    assert best["best_beta"].notna().all() and best["best_beta_low"].isna().all()
+    assert (best["note"] == FEW_SEEDS).all() and np.isnan(best.loc["dpo", "ratio_low"])
+    _, low, _, n = mean_interval(np.array([[0.01, 0.02]]))
+    assert n[0] == 2 and np.isnan(low[0])

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from gpo.report.analysis import per_group, seed_matrices
-from gpo.report.intervals import batched, root_set
+from gpo.report.intervals import MIN_SEEDS, batched, root_set
 from gpo.report.load import finished
 from gpo.report.metrics import STDERR_SUFFIX, spec
 from gpo.report.peak import FINE, fit_seeds
@@ -40,7 +40,7 @@ LABELS = {"best-of-n": "d(α − β′d)", "RL": "d(α − β′ log d)"}
 
 BEYOND = "the fitted curve peaks outside the measured KL range"
 UNBOUNDED = "the {:g}% set reaches the end of the measured KL range: the peak is not significant with these seeds"
-TOO_FEW = "fewer than two seeds with four runs or more: no interval"
+TOO_FEW = f"fewer than {MIN_SEEDS} seeds with four runs or more: no interval"
 
 
 @dataclass
@@ -87,7 +87,7 @@ def fit_gao(kl: np.ndarray, y: np.ndarray, form: str, level: float = 0.95) -> Ga
     reason = np.full(len(y), "", dtype=object)
     reason[roots.touches] = UNBOUNDED.format(100 * level)
     reason[~roots.found] = BEYOND
-    reason[n_seeds < 2] = TOO_FEW
+    reason[n_seeds < MIN_SEEDS] = TOO_FEW
     ok = reason == ""
     point = roots.found & (n_seeds >= 1)
     return GaoFit(form, np.where(point, roots.estimate**2, np.nan), np.where(ok, roots.low**2, np.nan),

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from gpo.report.analysis import aggregate, default_kls, per_group, seed_matrices
-from gpo.report.intervals import mean_interval, nanmean, t_quantile
+from gpo.report.intervals import mean_interval, nanmean, seed_quantile
 from gpo.report.load import finished
 
 KL = "eval/kl"
@@ -116,6 +116,7 @@ def log_beta_ratio(kl_a: np.ndarray, log_beta_a: np.ndarray, kl_b: np.ndarray, l
     ok = lo < hi
     targets = np.exp(np.log(np.where(ok, lo, 1.0))[:, None]
                      + np.log(np.where(ok, hi / lo, 2.0))[:, None] * np.linspace(0, 1, n)[None, :])
+    targets = np.clip(targets, np.where(ok, lo, 1.0)[:, None], np.where(ok, hi, 2.0)[:, None])  # rounding at the ends
     diff = at_kl(kl_a, log_beta_a, targets) - at_kl(kl_b, log_beta_b, targets)  # R, S, n
     diff = np.where(ok[:, None, None], diff, np.nan)
     return diff.mean(axis=2), nanmean(diff, axis=1), np.stack([lo, hi], axis=1)
@@ -164,6 +165,6 @@ def largest_gap(gaps: pd.DataFrame, level: float = 0.95) -> dict | None:
     row = measured.loc[measured["gap"].abs().idxmax()].to_dict()
     m = len(measured)
     adjusted = 1 - (1 - level) / m
-    half = t_quantile(adjusted, row["n_seeds"] - 1) * row["gap_sd"] / np.sqrt(max(row["n_seeds"], 1))
+    half = seed_quantile(adjusted, row["n_seeds"]) * row["gap_sd"] / np.sqrt(max(row["n_seeds"], 1))
     return {**row, "m": m, "adjusted_level": adjusted, "adjusted_low": row["gap"] - half,
             "adjusted_high": row["gap"] + half}

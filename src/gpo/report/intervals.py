@@ -19,6 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+MIN_SEEDS = 3  # the fewest seeds an interval is given from: the smallest size the coverage tests check
+
+
+def seed_quantile(level: float, n) -> np.ndarray:
+    """The t critical value for a mean over n seeds; NaN below MIN_SEEDS (no interval)."""
+    n = np.asarray(n)
+    return np.where(n >= MIN_SEEDS, t_quantile(level, n - 1), np.nan)
+
 
 def t_quantile(level: float, df) -> np.ndarray:
     """Two-sided t critical value; NaN for df < 1."""
@@ -53,7 +61,7 @@ def root_set(grid: np.ndarray, slope: np.ndarray, value: np.ndarray, level: floa
     k = np.maximum(n, 1)[:, None]
     mean = np.nansum(slope, axis=1) / k
     spread = np.sqrt(np.nansum((slope - mean[:, None, :]) ** 2, axis=1) / np.maximum(k - 1, 1))
-    return set_around_maximum(grid, mean, t_quantile(level, n - 1)[:, None] * spread / np.sqrt(k), value)
+    return set_around_maximum(grid, mean, seed_quantile(level, n)[:, None] * spread / np.sqrt(k), value)
 
 
 def set_around_maximum(grid: np.ndarray, slope: np.ndarray, half: np.ndarray, value: np.ndarray) -> RootSet:
@@ -112,13 +120,13 @@ def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
 
 
 def mean_interval(values: np.ndarray, level: float = 0.95, axis: int = 1):
-    """(mean, low, high, n) over `axis` (the seeds), NaN values left out; no interval below 2 values."""
+    """(mean, low, high, n) over `axis` (the seeds), NaN values left out; no interval below MIN_SEEDS."""
     n = np.isfinite(values).sum(axis=axis)
     k = np.maximum(n, 1)
     mean = np.where(n > 0, np.nansum(values, axis=axis) / k, np.nan)
     dev = values - np.expand_dims(mean, axis)
     spread = np.sqrt(np.nansum(dev**2, axis=axis) / np.maximum(k - 1, 1))
-    half = t_quantile(level, n - 1) * spread / np.sqrt(k)
+    half = seed_quantile(level, n) * spread / np.sqrt(k)
     return mean, mean - half, mean + half, n
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from gpo.report.advisor import MAX_SEEDS
 from gpo.report.analysis import error_bar_words
 from gpo.report.best_beta import REFERENCE
-from gpo.report.intervals import AGREES, DISAGREES, verdict
+from gpo.report.intervals import AGREES, DISAGREES, MIN_SEEDS, verdict
 from gpo.report.metrics import STDERR_SUFFIX, TABLE_METRICS, spec
 from gpo.summary import FINISHED
 
@@ -193,7 +193,7 @@ def gaps_markdown(gaps: pd.DataFrame, largest: dict | None) -> str:
             cell = fmt_interval(r["gap"], r["gap_low"], r["gap_high"], 2)
             row[f"KL = {r['kl']:.2g}"] = cell + ("" if np.isfinite(r["gap_low"]) else
                                                  f" ({r['n_seeds']} seed{'s' if r['n_seeds'] != 1 else ''}: "
-                                                 "no interval)")
+                                                 f"no interval below {MIN_SEEDS})")
         rows.append(row)
     text = to_markdown(pd.DataFrame(rows))
     if largest is not None:

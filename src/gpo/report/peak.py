@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpo.report.intervals import batched, nanmean, root_set
+from gpo.report.intervals import MIN_SEEDS, batched, nanmean, root_set
 
 LOW, HIGH = "low", "high"
 FINE = 256  # points of the fine grid on which a set is found (its ends then refined linearly)
@@ -58,6 +58,7 @@ OCTAVES = 1.5
 
 # Why there is no interval (the report prints these words).
 ONE_SEED = "one seed: no between-seed variance to build an interval from"
+FEW_SEEDS = f"two seeds: intervals are given from {MIN_SEEDS} seeds on (the fewest the coverage tests check)"
 GRID_END = "the best grid point is the grid's {} end: the best β may lie beyond it"
 NO_MAXIMUM = "the fitted curve has no maximum inside the fitted window"
 UNBOUNDED = ("the {:g}% set reaches the end of the fitted window: the curvature at the peak is not "
@@ -191,7 +192,8 @@ def find_peaks(x: np.ndarray, y: np.ndarray, level: float = 0.95, reference_leve
     reason = np.full(R, "", dtype=object)
     reason[roots.touches] = UNBOUNDED.format(100 * level)
     reason[~roots.found] = NO_MAXIMUM
-    reason[n_seeds < 2] = ONE_SEED
+    reason[n_seeds == 2] = FEW_SEEDS
+    reason[n_seeds == 1] = ONE_SEED
     reason[n_seeds == 0] = FEW_POINTS.format(degree + 2, 100 * drop)
     reason[narrow] = NARROW.format(100 * drop)
     for end in (LOW, HIGH):
@@ -236,6 +238,6 @@ def paired_difference(a: Peaks, b: Peaks, level: float = 0.95) -> Difference:
     la, ua, lb, ub = a.estimate - a.low, a.high - a.estimate, b.estimate - b.low, b.high - b.estimate
     low = estimate - np.sqrt(np.maximum(la**2 + ub**2 - 2 * r * la * ub, 0))
     high = estimate + np.sqrt(np.maximum(ua**2 + lb**2 - 2 * r * ua * lb, 0))
-    given = a.bounded & b.bounded & (n >= 2)
+    given = a.bounded & b.bounded & (n >= MIN_SEEDS)
     return Difference(estimate, np.where(given, low, np.nan), np.where(given, high, np.nan),
                       np.where(n >= 2, spread, np.nan), r, n)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from gpo.report.best_beta import REFERENCE
 from gpo.report.markdown import predictor_columns, predictor_label
@@ -54,6 +54,8 @@ def plot_best_beta(best: pd.DataFrame, path: str | Path) -> Path | None:
             if np.isfinite(r[column]):
                 ax.plot(i, r[column], label=predictor_label(column), **_style(k))
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xticks(range(len(rows)), [_label(r, by) for r in rows])
     ax.set_ylabel(f"best β / best β({reference}) (dimensionless, log scale)")
     ax.axhline(1.0, color="grey", linewidth=0.8)
