@@ -35,7 +35,7 @@ from gpo.report.best_beta import best_beta
 from gpo.report.gao import fit_gao
 from gpo.report.gaps import at_kl, log_beta_ratio
 from gpo.report.intervals import mean_interval
-from gpo.report.peak import GRID_END, NARROW, ONE_SEED, find_peaks, paired_difference
+from gpo.report.peak import FEW_SEEDS, GRID_END, NARROW, ONE_SEED, find_peaks, paired_difference
 from gpo.report.simulation import Family, Scenario, fine_grid, simulate
 
 FAMILIES = (Family("ipo", 0.33), Family("dpo", 1.1, scale=0.5, offset=-0.01))
