@@ -14,9 +14,9 @@ tests/test_report_coverage.py; here, what the report does with them.
 
 import importlib.util
 import itertools
-import re
 import math
 import os
+import re
 import subprocess
 import sys
 import zlib
