@@ -1,7 +1,7 @@
 """Coverage and bias of the report's intervals against the alternatives that
 were considered, side by side on the same simulated sweeps (no training).
 
-    python benchmarks/interval_coverage.py                 # ~3 min on one core, 2000 sweeps per cell
+    python benchmarks/interval_coverage.py                 # ~6 min on one core, 2000 sweeps per cell
     python benchmarks/interval_coverage.py --replicates 500 --shapes gao_rl
 
 Sweeps come from `gpo.report.simulation` (defaults shaped like the
@@ -9,8 +9,8 @@ over-optimisation testbed: win rate 0.5 -> 0.69 at KL 1 nat, KL a power
 1.4 of 1/beta, per-run noise, additive seed effects and seed-specific peak
 shifts): IPO's best beta 0.33, DPO's 1.1 (ratio 3.33), DPO's curve at
 matched KL 0.01 below IPO's. Grids: the testbed's (10 betas sqrt(2) apart,
-0.177 to 4) and 13 betas 2^(1/4) apart around each family's peak (the
-pre-registered design, centred 10% off). Each cell: coverage of the nominal
+0.177 to 4) and 13 or 17 betas 2^(1/4) apart around each family's peak (the
+pre-registered design, +-1.5 or +-2 octaves, centred 10% off the peak). Each cell: coverage of the nominal
 95% interval among the sweeps that got one (Monte Carlo SE about 0.005 at
 2000 sweeps), the share of sweeps with no interval, the mean error of the
 point estimate, and the median half-width (best beta and ratio in log beta,
@@ -173,10 +173,12 @@ def main(argv=None):
     start = time.perf_counter()
     for shape in args.shapes.split(","):
         for noise in map(float, args.noise.split(",")):
-            for grid in ("sqrt2", "fine"):
-                grids = {} if grid == "sqrt2" else {f.name: fine_grid(f.peak_beta * 1.1) for f in FAMILIES}
+            for each_side in (0, 6, 8):
+                grids = {f.name: fine_grid(f.peak_beta * 1.1, each_side=each_side) for f in FAMILIES} \
+                    if each_side else {}
                 scenario = Scenario(families=FAMILIES, shape=shape, noise=noise, grids=grids)
-                label = "10 betas √2 apart" if grid == "sqrt2" else "13 betas 2^(1/4) apart"
+                label = (f"{2 * each_side + 1} betas 2^(1/4) apart around the predicted peak" if each_side
+                         else "10 betas √2 apart (the testbed's)")
                 print(f"\n### {shape} hump, per-run noise {noise}, {label}\n")
                 print("| method | " + " | ".join(f"{s} seeds: coverage / none / bias / half-width" for s in seeds)
                       + " |")
