@@ -376,8 +376,14 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main([str(directory), "--level", "95"])
     assert "--level and --window must lie in (0, 1)" in capsys.readouterr().err
+    assert cli.main([str(directory), "--metric", "eval/win_rat", "--no-plots"]) == 1
+    assert "no run has the metric 'eval/win_rat' (metrics in this sweep: " in capsys.readouterr().err
     assert cli.main([str(directory), "--by", "no.such.key"]) == 1
     assert "no run has 'no.such.key'" in capsys.readouterr().err
+    (directory / "1" / "summary.json").write_text('{"loss": "dpo", "beta": 0.1')  # truncated
+    assert cli.main([str(directory), "--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert "1/summary.json: not a readable summary.json (JSONDecodeError" in err and "Traceback" not in err
 
 
 def test_cli_empty_directory_fails_cleanly(tmp_path):

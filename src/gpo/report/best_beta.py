@@ -6,13 +6,14 @@ Per family: the selection metric of every finished run, seed by seed (a
 seed is one preference-data sample shared by every beta and family); the
 best beta is the maximum of the seeds' mean cubic in log beta fitted over
 the grid points near the peak; its interval, Fieller's set over seeds. The
-ratio best beta(family) / best beta(reference) pairs the two families'
-seeds (delta method, t over seeds). Where there is no interval the row says
+ratio best beta(family) / best beta(reference) combines the two families'
+sets with the correlation of their seeds (MOVER). Where there is no interval the row says
 why (`note`, `ratio_note`): one seed, the best grid point at a grid end,
 too few points near the peak, a grid too narrow, curvature not significant.
 
 The frame also carries what the seed advisor (`gpo.report.advisor`) needs:
-per-seed spreads and the share of them that per-run noise explains.
+the ratio's spread over seeds (`ratio_sd`) and the part of each family's
+that per-run noise explains (`noise_var`).
 """
 
 from __future__ import annotations
@@ -23,16 +24,12 @@ import pandas as pd
 from gpo.report.analysis import default_selection_metric, per_group, seed_matrices
 from gpo.report.load import finished
 from gpo.report.metrics import reference_level, spec
-from gpo.report.peak import DROP, Peaks, find_peaks, paired_difference
+from gpo.report.peak import DROP, find_peaks, paired_difference
 
 COLUMNS = ["loss", "best_beta", "best_beta_low", "best_beta_high", "ratio", "ratio_low", "ratio_high", "edge",
            "n_seeds"]  # best_beta.csv, in this order
 REFERENCE = "the reference family"
 NO_REFERENCE = "no best β for the reference family"
-
-
-def _note(peaks: Peaks) -> str:
-    return str(peaks.reason[0])
 
 
 def _ratio_note(row: dict, ref: dict | None, reference: str) -> str:
@@ -64,7 +61,6 @@ def _fit_group(runs: pd.DataFrame, metric: str, reference: str, level: float, dr
         means = np.nanmean(values, axis=0)
         best_grid = betas[np.nanargmax(sign * means)]
         scale = family["regularisation_scale"].dropna()
-        influence = p.influence()[0]
         noise_var = float(p.residual_var[0] * p.leverage[0] / p.curvature()[0] ** 2)
         rows.append({"loss": loss, "regularisation_scale": scale.iloc[0] if len(scale) else np.nan,
                      "log_best": p.estimate[0], "best_beta": float(np.exp(p.estimate[0])),
@@ -72,9 +68,7 @@ def _fit_group(runs: pd.DataFrame, metric: str, reference: str, level: float, dr
                      "edge": p.edge[0], "n_seeds": int(family["seed"].nunique()), "n_fit_seeds": int(p.n_seeds[0]),
                      "n_betas": len(betas), "best_grid_beta": float(best_grid),
                      f"{metric} at best grid β": float(means[np.nanargmax(sign * means)]),
-                     "note": _note(p), "influence_sd": float(np.nanstd(influence, ddof=1))
-                     if np.isfinite(influence).sum() >= 2 else np.nan,
-                     "noise_var": noise_var if np.isfinite(noise_var) else np.nan})
+                     "note": str(p.reason[0]), "noise_var": noise_var if np.isfinite(noise_var) else np.nan})
     result = pd.DataFrame(rows)
     if result.empty:
         return result

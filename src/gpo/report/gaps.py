@@ -63,8 +63,8 @@ def common_kl_range(*kls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.max(lows, axis=0), np.min(highs, axis=0)
 
 
-def _families(runs: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, dict]:
-    """(seeds, {loss: [seed x beta matrices of `columns`] plus log beta}) of the finished runs."""
+def _families(runs: pd.DataFrame, columns: list[str]) -> dict:
+    """{loss: [seed x beta matrices of `columns`, then of log beta]} of the finished runs."""
     runs = finished(runs).dropna(subset=[*columns, "beta", "seed"])
     runs = runs[(runs["beta"] > 0) & (runs[KL] > 0)]
     seeds = np.sort(runs["seed"].unique())
@@ -72,12 +72,12 @@ def _families(runs: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, dict]
     for loss, family in runs.groupby("loss", sort=True):
         betas, tables = seed_matrices(family, columns, seeds)
         out[loss] = tables + [np.where(np.isfinite(tables[0]), np.log(betas)[None, :], np.nan)]
-    return seeds, out
+    return out
 
 
 def _gaps(runs: pd.DataFrame, metric: str, reference: str, kls, level: float) -> pd.DataFrame:
     columns = ["loss", "kl", "gap", "gap_low", "gap_high", "n_seeds", "gap_sd"]
-    _, families = _families(runs, [metric, KL])
+    families = _families(runs, [metric, KL])
     if reference not in families:
         return pd.DataFrame(columns=columns)
     if kls is None:
@@ -124,7 +124,7 @@ def log_beta_ratio(kl_a: np.ndarray, log_beta_a: np.ndarray, kl_b: np.ndarray, l
 
 def _beta_ratios(runs: pd.DataFrame, reference: str, level: float, n: int) -> pd.DataFrame:
     columns = ["loss", "ratio", "ratio_low", "ratio_high", "ratio_min", "ratio_max", "kl_lo", "kl_hi", "n_seeds"]
-    _, families = _families(runs, [KL])
+    families = _families(runs, [KL])
     if reference not in families:
         return pd.DataFrame(columns=columns)
     ref_kl, ref_log_beta = families[reference]

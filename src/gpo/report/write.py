@@ -17,8 +17,9 @@ from gpo.report.analysis import aggregate, aggregate_trajectories, failed_runs, 
 from gpo.report.best_beta import best_beta, csv_frame
 from gpo.report.gao import gao_fits
 from gpo.report.gaps import largest_gap, matched_kl_beta_ratios, matched_kl_gaps
-from gpo.report.load import load_sweep, override_columns
+from gpo.report.load import load_sweep, metric_columns, override_columns
 from gpo.report.markdown import report_markdown
+from gpo.report.metrics import SELECTION_METRICS
 from gpo.report.peak import DROP
 from gpo.report.plots import plot_gold_vs_kl, plot_metrics_vs_beta, plot_regulariser, plot_trajectories
 from gpo.report.theory import predictions
@@ -101,15 +102,16 @@ def write_report(directory: str | Path, runs: pd.DataFrame | None = None, select
         raise LookupError(f"no run has {by!r} (override keys in this sweep: {known})")
     if by:
         runs = runs.dropna(subset=[by])
+    if selection_metric and (selection_metric not in runs or runs[selection_metric].isna().all()):
+        known = ", ".join(metric_columns(runs)) or "none"
+        raise LookupError(f"no run has the metric {selection_metric!r} (metrics in this sweep: {known})")
     report = Report(runs, aggregate(runs, by), None, by,
                     pd.DataFrame() if trajectories is None else trajectories, failed=failed_runs(runs))
     report.predictions = predictions(runs, reference, by)
-    try:
-        report.best = _with_predictions(best_beta(runs, selection_metric, reference, by, level, drop),
-                                        report.predictions, by)
+    metric = selection_metric or next(iter(present(runs, SELECTION_METRICS)), None)
+    if metric is not None:  # else the runs measured nothing to select a beta by
+        report.best = _with_predictions(best_beta(runs, metric, reference, by, level, drop), report.predictions, by)
         report.advice_ratio = ratio_advice(report.best, precision, level)
-    except ValueError:  # no selection metric in the data
-        report.best = None
     gap_metric = next(iter(present(report.table, GAP_METRICS)), None)
     if gap_metric and present(report.table, ["eval/kl"]):
         report.gaps = matched_kl_gaps(runs, gap_metric, reference, by=by, level=level)
