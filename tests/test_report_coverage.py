@@ -31,7 +31,7 @@ import math
 import numpy as np
 import pytest
 
-from gpo.report.advisor import MAX_SEEDS, seeds_for_half_width
+from gpo.report.advisor import MAX_SEEDS, ratio_advice, seeds_for_half_width
 from gpo.report.best_beta import best_beta
 from gpo.report.gao import fit_gao
 from gpo.report.gaps import at_kl, log_beta_ratio
@@ -162,3 +162,19 @@ def test_seed_advisor_predicts_the_half_width_of_a_larger_sweep():
     needed = np.nanmedian([seeds_for_half_width(sd, np.log1p(0.1)) for sd in five.spread])
     assert 10 < needed < MAX_SEEDS  # +-10% needs more than 10 seeds here: the 10-seed half-width is above 0.095
     assert achieved > np.log1p(0.1)
+
+
+def test_seed_advisor_figures_are_monotone():
+    """More spread needs more seeds; a finer grid never needs more; power figures behave at extremes."""
+    from gpo.report.advisor import seeds_for_power
+
+    sds = [0.02, 0.05, 0.1, 0.2]
+    needed = [seeds_for_half_width(sd, np.log1p(0.1)) for sd in sds]
+    assert needed == sorted(needed) and needed[0] == 3
+    powers_ = [seeds_for_power(sd, 0.02) for sd in [0.002, 0.004187, 0.01, 0.03]]
+    assert powers_ == sorted(powers_) and powers_[0] == 3  # intervals (and tests) start at 3 seeds
+    sim = simulate(SCENARIOS["rl-sqrt2"], 5, 1, np.random.default_rng(5))
+    advice = ratio_advice(best_beta(sim.runs(0)))
+    row = advice.set_index("loss").loc["dpo"]
+    assert 0 <= row["noise_share"] <= 1 and row["seeds_needed_finer_grid"] <= row["seeds_needed"]
+    assert row["seeds_needed"] <= row["seeds_needed_sd_bound"]

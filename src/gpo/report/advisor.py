@@ -24,16 +24,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from gpo.report.intervals import MIN_SEEDS
+
 MAX_SEEDS = 1000
 SD_BOUND = 0.8  # one-sided confidence of the sd's upper bound
 
 
 def seeds_for_half_width(sd: float, half_width: float, level: float = 0.95) -> float:
-    """The fewest seeds (>= 2) whose t interval t_{S-1} sd / sqrt(S) is at most `half_width`; NaN if unknown,
-    inf beyond MAX_SEEDS."""
+    """The fewest seeds (>= MIN_SEEDS, the fewest an interval is given from) whose t interval
+    t_{S-1} sd / sqrt(S) is at most `half_width`; NaN if unknown, inf beyond MAX_SEEDS."""
     if not (np.isfinite(sd) and half_width > 0):
         return np.nan
-    s = np.arange(2, MAX_SEEDS + 1)
+    s = np.arange(MIN_SEEDS, MAX_SEEDS + 1)
     ok = stats.t.ppf((1 + level) / 2, s - 1) * sd / np.sqrt(s) <= half_width
     return float(s[np.argmax(ok)]) if ok.any() else np.inf
 
@@ -43,11 +45,13 @@ def seeds_for_power(sd: float, gap: float, level: float = 0.95, power: float = 0
     if not (np.isfinite(sd) and np.isfinite(gap) and gap != 0):
         return np.nan
     if sd == 0:
-        return 2.0
-    s = np.arange(2, MAX_SEEDS + 1)
+        return float(MIN_SEEDS)
+    s = np.arange(MIN_SEEDS, MAX_SEEDS + 1)
     critical = stats.t.ppf((1 + level) / 2, s - 1)
     shift = abs(gap) * np.sqrt(s) / sd
-    achieved = stats.nct.sf(critical, s - 1, shift) + stats.nct.cdf(-critical, s - 1, shift)
+    # The far tail's cdf can come back NaN from scipy where it is ~0: count it as 0.
+    achieved = np.nan_to_num(stats.nct.sf(critical, s - 1, shift)) + np.nan_to_num(
+        stats.nct.cdf(-critical, s - 1, shift))
     ok = achieved >= power
     return float(s[np.argmax(ok)]) if ok.any() else np.inf
 
@@ -72,11 +76,11 @@ def ratio_advice(best: pd.DataFrame, precision: float = 0.1, level: float = 0.95
             if row["loss"] == reference or not np.isfinite(row.get("ratio_sd", np.nan)):
                 continue
             sd, n = row["ratio_sd"], row["n_fit_seeds"]
-            noise_var = noise.get(row["loss"], np.nan) + noise.get(reference, np.nan)
-            seed_var = max(sd**2 - noise_var, 0.0) if np.isfinite(noise_var) else np.nan
-            finer = np.sqrt(seed_var + noise_var / 2) if np.isfinite(noise_var) else np.nan
+            # The noise part, from the fits' residuals, cannot exceed the spread measured: capped at it.
+            noise_var = min(noise.get(row["loss"], np.nan) + noise.get(reference, np.nan), sd**2)
+            finer = np.sqrt(sd**2 - noise_var / 2) if np.isfinite(noise_var) else np.nan
             rows.append({**({by: row[by]} if by else {}), "loss": row["loss"], "seeds_now": n, "ratio_sd": sd,
-                         "noise_share": min(noise_var / sd**2, 1.0) if sd > 0 and np.isfinite(noise_var) else np.nan,
+                         "noise_share": noise_var / sd**2 if sd > 0 and np.isfinite(noise_var) else np.nan,
                          "seeds_needed": seeds_for_half_width(sd, half, level),
                          "seeds_needed_sd_bound": seeds_for_half_width(sd_upper_bound(sd, n), half, level),
                          "seeds_needed_finer_grid": seeds_for_half_width(finer, half, level)})

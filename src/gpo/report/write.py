@@ -26,6 +26,7 @@ from gpo.report.theory import predictions
 from gpo.report.theory_plots import plot_best_beta, plot_ratio_vs_key
 
 GAP_METRICS = ["eval/win_rate", "eval/gold_reward"]
+GAO_METRICS = ["eval/gold_reward", "eval/win_rate"]  # Gao et al. fit the gold reward model's score
 
 
 @dataclass
@@ -119,7 +120,7 @@ def write_report(directory: str | Path, runs: pd.DataFrame | None = None, select
         report.advice_gap = gap_advice(report.gaps, gap, level)
         report.beta_ratios = _with_predictions(matched_kl_beta_ratios(runs, reference, by, level),
                                                report.predictions, by)
-        report.gao = gao_fits(runs, gap_metric, by, level)
+        report.gao = gao_fits(runs, next(iter(present(report.table, GAO_METRICS))), by, level)
 
     report.paths = [directory / "report.csv", directory / "best_beta.csv", directory / "report.md"]
     report.table.to_csv(report.paths[0], index=False)
