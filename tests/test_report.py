@@ -349,7 +349,7 @@ def test_markdown_sections(written):
     assert '"as predicted by theory"' in md and "derived here, not in the paper" in md
     assert "| Taylor (paper) |" in md and "| link (derived) |" in md
     assert "RuntimeError: loss is NaN at step 17" in md.split("## Failed runs")[1]
-    assert "Mean ± standard error over seeds." in md and "**" not in md and "?" not in md.replace("?)", "")
+    assert "Seed means ± standard error over seeds." in md and "**" not in md and "?" not in md.replace("?)", "")
 
 
 def test_plots_have_fixed_size(written):

@@ -84,9 +84,11 @@ def aggregate(runs: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
 def error_bar_words(table: pd.DataFrame) -> str:
     """What the ± and the plots' error bars are, given how many seeds the points have."""
     seeds = table["n_finished"] if "n_finished" in table else pd.Series(dtype=float)
-    if len(seeds) and (seeds <= 1).all():
+    if not len(seeds) or (seeds == 0).all():
+        return "(no run finished)"
+    if (seeds <= 1).all():
         return "± the run's own sampling error (one seed per point; no between-seed error)"
-    if len(seeds) and (seeds <= 1).any():
+    if (seeds <= 1).any():
         return "± standard error over seeds (points with one seed: the run's own sampling error)"
     return "± standard error over seeds"
 

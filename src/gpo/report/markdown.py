@@ -272,7 +272,7 @@ def report_markdown(report, directory: Path) -> str:
              f"{len(r.runs) - n_finished} not finished. Families and f''(0)/|f'(0)|: "
              + ", ".join(f"{loss} {fmt(scale)}" for loss, scale in scales.items()) + ".",
              "## Results per (loss, β)" if not by else f"## Results per ({by}, loss, β)",
-             f"Mean {error_bar_words(r.table)}.", results_markdown(r.table, by)]
+             f"Seed means {error_bar_words(r.table)}.", results_markdown(r.table, by)]
     if r.best is not None and not r.best.empty:
         a = r.best.attrs
         window = (f"within {100 * a['drop']:g}% of the peak's height above the reference policy's "
