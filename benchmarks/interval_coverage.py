@@ -33,15 +33,18 @@ Gao peak KL: report = per-seed RL-form fits, t-inversion set.
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from gpo.report.gao import fit_gao
-from gpo.report.gaps import at_kl
-from gpo.report.intervals import mean_interval, set_around_maximum, t_quantile
-from gpo.report.peak import FINE, find_peaks, paired_difference, powers
-from gpo.report.simulation import Family, Scenario, fine_grid, simulate
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # as the other benchmarks: run from anywhere
+from gpo.report.gao import fit_gao  # noqa: E402
+from gpo.report.gaps import at_kl  # noqa: E402
+from gpo.report.intervals import mean_interval, set_around_maximum, t_quantile  # noqa: E402
+from gpo.report.peak import FINE, find_peaks, paired_difference, powers  # noqa: E402
+from gpo.report.simulation import Family, Scenario, fine_grid, simulate  # noqa: E402
 
 FAMILIES = (Family("ipo", 0.33), Family("dpo", 1.1, scale=0.5, offset=-0.01))
 
