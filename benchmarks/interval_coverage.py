@@ -1,7 +1,7 @@
 """Coverage and bias of the report's intervals against the alternatives that
 were considered, side by side on the same simulated sweeps (no training).
 
-    python benchmarks/interval_coverage.py                 # ~6 min on one core, 2000 sweeps per cell
+    python benchmarks/interval_coverage.py                 # ~2 min on one core, 2000 sweeps per cell
     python benchmarks/interval_coverage.py --replicates 500 --shapes gao_rl
 
 Sweeps come from `gpo.report.simulation` (defaults shaped like the
