@@ -1,17 +1,21 @@
-"""Sweep report CLI: tables and plots for a Hydra multirun of GPO jobs.
+"""Sweep report CLI: tables, intervals and plots for a Hydra multirun of GPO jobs.
 
     python src/report.py multirun/2024-06-01/12-00-00
     python src/report.py multirun/... --by data.source.reward_temperature --reference ipo
     python src/report.py out_dir --wandb-group my-sweep --wandb-project gpo
 
-Writes report.csv, report.md and PNG plots into the directory, prints the
-markdown tables and the paths written. See the gpo.report package for what they show.
+Writes report.csv (one row per (loss, β)), best_beta.csv (one row per family:
+best β, ratio to the reference, 95% intervals where the data support one),
+report.md and PNG plots into the directory, prints the main tables and the
+paths written. How the intervals are built and tested: docs/statistics.md.
 """
 
 import argparse
 import sys
 
 from gpo import report
+from gpo.report.markdown import best_beta_markdown, beta_ratio_markdown, gaps_markdown
+from gpo.report.peak import DROP
 
 
 def main(argv=None) -> int:
@@ -25,39 +29,40 @@ def main(argv=None) -> int:
     parser.add_argument("--metric", help="selection metric for the best β "
                         "(default: eval/win_rate if present, else val/rewards/accuracies)")
     parser.add_argument("--reference", default="ipo",
-                        help="family the β ratios are taken to (default: ipo)")
+                        help="family the β ratios and gaps are taken to (default: ipo)")
     parser.add_argument("--by", help="Hydra override key splitting the sweep into groups, e.g. "
-                        "data.source.reward_temperature: tables per group and the matched-KL β ratio vs the key")
-    parser.add_argument("--level", type=float, default=0.95, help="bootstrap interval level (default 0.95)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (default 1000)")
-    parser.add_argument("--bootstrap-seed", type=int, default=0)
-    parser.add_argument("--fit-half-width", type=int, default=1,
-                        help="neighbours each side of the grid maximum in the quadratic fit (default 1)")
+                        "data.source.reward_temperature: every table per group, and the matched-KL β ratio vs the key")
+    parser.add_argument("--level", type=float, default=0.95, help="confidence level of every interval (default 0.95)")
+    parser.add_argument("--window", type=float, default=DROP,
+                        help="fit window of the best β: the grid points within this fraction of the peak's height "
+                        f"above the reference policy's score (default {DROP}; the coverage tests use it)")
+    parser.add_argument("--precision", type=float, default=0.1,
+                        help="seed advisor: the relative half-width wanted on a best-β ratio (default 0.1: ±10%%)")
+    parser.add_argument("--gap", type=float, help="seed advisor: the gap at matched KL to detect, in the metric's "
+                        "units (default: the largest gap measured)")
     parser.add_argument("--no-plots", action="store_true", help="tables only: no PNGs")
     args = parser.parse_args(argv)
+    if not 0 < args.level < 1 or not 0 < args.window < 1 or not args.precision > 0:
+        parser.error("--level and --window must lie in (0, 1), --precision must be positive")
 
     try:
         runs = (report.load_wandb_runs(args.wandb_group, args.wandb_project, args.wandb_entity)
                 if args.wandb_group else None)
         result = report.write_report(args.directory, runs, args.metric, args.reference, by=args.by,
-                                     level=args.level, n_boot=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
-                                     half_width=args.fit_half_width, plots=not args.no_plots)
+                                     level=args.level, drop=args.window, precision=args.precision, gap=args.gap,
+                                     plots=not args.no_plots)
     except (FileNotFoundError, LookupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
     print(report.results_markdown(result.table, args.by))
     if result.best is not None:
-        print()
-        print(report.best_beta_markdown(result.best))
-    if result.check is not None:
-        print()
-        print(report.label_check_markdown(result.check, args.by))
-    for label, gap in result.gaps.items():
-        print()
-        print(report.gap_markdown(gap, f"{label}: " if label else ""))
-    print()
-    print("Written:")
+        print("\n" + best_beta_markdown(result.best))
+    if result.beta_ratios is not None:
+        print("\n" + beta_ratio_markdown(result.beta_ratios))
+    if result.gaps is not None:
+        print("\n" + gaps_markdown(result.gaps, result.largest_gap))
+    print("\nWritten:")
     for path in result.paths:
         print(f"  {path}")
     return 0

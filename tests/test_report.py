@@ -8,12 +8,15 @@ Synthetic sweeps stand in for real ones, written as summary.json files with
 - three seeds, each a small offset plus noise;
 - the preference probabilities are those of the synthetic task: reward
   difference d + 8 ~ Binomial(16, 1/2), p = sigmoid(d / temperature).
+The coverage of the intervals is tested on simulated sweeps in
+tests/test_report_coverage.py; here, what the report does with them.
 """
 
 import importlib.util
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -28,6 +31,12 @@ import pytest
 from gpo import report
 from gpo.infra.summary import RunSummary
 from gpo.losses import Hinge, Logistic, Squared
+from gpo.report.analysis import aggregate, default_kls, matched_kl, matched_kl_ratios, max_matched_kl_gap
+from gpo.report.best_beta import best_beta
+from gpo.report.load import normalise
+from gpo.report.plots import unscalable_families
+from gpo.report.theory import predictions
+from gpo.report.theory_plots import plot_ratio_vs_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (800, 1200)  # rows, columns of a 12 x 8 inch figure at 100 dpi
@@ -37,7 +46,8 @@ LOSSES = {"dpo": Logistic, "ipo": Squared, "slic": Hinge}
 SHIFT = {"dpo": 3.0, "ipo": 1.0, "slic": 1.0}  # dpo needs 3x ipo's beta for the same effect
 PEAK = 0.13  # ipo's best beta: between grid points, so the fit has to interpolate
 KL_SCALE = 0.05
-BETAS = np.geomspace(0.01, 10.0, 13)  # a factor 10^(1/4) ~ 1.78 between neighbours
+WIDTH = 1.5  # the hump's sd in log beta
+BETAS = 0.02 * np.sqrt(2) ** np.arange(17)  # 0.02 to 5.12, sqrt(2) apart
 SEEDS = [0, 1, 2]
 SEED_OFFSET = {0: 0.01, 1: -0.005, 2: 0.0}
 STEPS = [0, 50, 100]
@@ -59,7 +69,7 @@ def win_rate(loss: str, beta: float, seed: int, noise: float, peak_shift: float 
     x = math.log(beta / (PEAK * SHIFT[loss] * peak_shift))
     if loss == "slic":  # rises over the whole grid: no interior peak
         return 0.5 + 0.1 * math.tanh(math.log(beta)) + SEED_OFFSET.get(seed, 0.0)
-    hump = 0.2 * math.exp(-x * x / 2) if shape == "gauss" else 0.2 - 0.02 * x * x
+    hump = 0.2 * math.exp(-x * x / (2 * WIDTH**2)) if shape == "gauss" else 0.2 - 0.02 * x * x
     rng = np.random.default_rng(zlib.crc32(f"{loss} {beta:.6g} {seed}".encode()))
     return 0.5 + hump + SEED_OFFSET.get(seed, 0.0) + noise * rng.standard_normal()
 
@@ -96,77 +106,105 @@ def make_sweep(directory: Path, losses=("dpo", "ipo", "slic"), betas=BETAS, seed
 
 def quantiles(best, loss):
     row = best.set_index("loss").loc[loss]
-    return row["best_beta"], row["best_beta_lo"], row["best_beta_hi"], row
+    return row["best_beta"], row["best_beta_low"], row["best_beta_high"], row
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """A synthetic sweep with the report already written (plotting is the slow part)."""
     directory = make_sweep(tmp_path_factory.mktemp("written") / "multirun")
-    return directory, report.write_report(directory, n_boot=300)
+    return directory, report.write_report(directory)
 
 
 # ------------------------------------------------------------ best beta
 
 
 def test_best_beta_recovers_known_peaks_with_intervals(written):
-    _, result = written
+    directory, result = written
     best = result.best
     assert best.attrs["metric"] == "eval/win_rate"
     for loss in ["ipo", "dpo"]:
         value, lo, hi, row = quantiles(best, loss)
         truth = PEAK * SHIFT[loss]
-        assert value == pytest.approx(truth, rel=0.08), loss
-        assert lo < truth < hi and hi - lo > 0, loss
-        assert row["edge"] == "" and row["n_seeds"] == 3
+        assert value == pytest.approx(truth, rel=0.05), loss
+        assert lo < truth < hi and hi / lo < 1.5, loss
+        assert row["edge"] == "" and row["n_seeds"] == 3 and row["note"] == ""
     dpo = best.set_index("loss").loc["dpo"]
-    assert dpo["ratio"] == pytest.approx(3.0, rel=0.1)
-    assert dpo["ratio_lo"] < 3.0 < dpo["ratio_hi"]
+    assert dpo["ratio"] == pytest.approx(3.0, rel=0.05) and dpo["ratio_low"] < 3.0 < dpo["ratio_high"]
     assert dpo["taylor_ratio"] == pytest.approx(2.0)  # the paper's prediction, scale 1 / scale 1/2
     assert dpo["link_ratio"] == pytest.approx(3.17, abs=0.01)  # temperature 1: see test_link_ratio
+    csv = pd.read_csv(directory / "best_beta.csv", keep_default_na=False)
+    assert list(csv.columns) == ["loss", "best_beta", "best_beta_low", "best_beta_high", "ratio", "ratio_low",
+                                 "ratio_high", "edge", "n_seeds", "note"]
+    row = csv.set_index("loss").loc["dpo"]
+    assert float(row["best_beta_low"]) == pytest.approx(dpo["best_beta_low"]) and row["note"] == ""
+    assert float(csv.set_index("loss").loc["ipo", "ratio"]) == 1.0  # the reference itself
+
+
+def test_verdicts_follow_the_interval(written):
+    """"agrees" exactly when the prediction lies inside the ratio's interval, else "disagrees" with the numbers."""
+    _, result = written
+    md = result.markdown.split("## Best β per family")[1].split("##")[0]
+    dpo = result.best.set_index("loss").loc["dpo"]
+    for column, label in [("taylor_ratio", "Taylor (paper)"), ("link_ratio", "link (derived)")]:
+        inside = dpo["ratio_low"] <= dpo[column] <= dpo["ratio_high"]
+        assert f"{dpo[column]:.3g}: {'agrees' if inside else 'disagrees'}" in md
+        if not inside:
+            assert (f"{label}: disagrees for dpo: {dpo[column]:.3g} outside "
+                    f"[{dpo['ratio_low']:.3g}, {dpo['ratio_high']:.3g}]") in md
 
 
 def test_family_peaking_at_the_grid_end_is_flagged(written):
-    _, result = written
+    directory, result = written
     value, lo, hi, row = quantiles(result.best, "slic")
-    assert row["edge"] == "high" and value == pytest.approx(BETAS[-1])
-    assert math.isnan(lo) and math.isnan(hi) and math.isnan(row["ratio_lo"])
-    assert row["ratio_bound"] == "≥"
+    assert row["edge"] == "high" and row["best_grid_beta"] == pytest.approx(BETAS[-1])
+    assert math.isnan(value) and math.isnan(lo) and math.isnan(hi) and math.isnan(row["ratio"])
     assert math.isnan(row["taylor_ratio"])  # f''(0) = 0
-    assert "(peak at the grid's high end)" in result.markdown
+    assert "≥ 5.12 (grid end)" in result.markdown
+    assert "slic: no interval for the best β: the best grid point is the grid's high end" in result.markdown
+    csv = pd.read_csv(directory / "best_beta.csv", keep_default_na=False).set_index("loss")
+    assert csv.loc["slic", "best_beta"] == "" and csv.loc["slic", "ratio"] == "" and csv.loc["slic", "edge"] == "high"
 
 
-def test_bootstrap_resamples_seeds_jointly(tmp_path):
-    # Exactly quadratic humps: the fit is exact, its vertex the mean of the seeds' peaks.
-    # Seed-level offsets common to every beta do not move a peak: a joint resample has zero spread.
-    runs = report.load_summaries(make_sweep(tmp_path / "a", losses=("dpo", "ipo"), noise=0.0, shape="quad"))
-    best = report.best_beta(runs, n_boot=200).set_index("loss")
-    assert best.loc["ipo", "best_beta"] == pytest.approx(PEAK, rel=1e-6)
-    assert best.loc["ipo", "best_beta_hi"] - best.loc["ipo", "best_beta_lo"] == pytest.approx(0, abs=1e-9)
-    # A seed that moves every family's peak by the same factor (one data sample shared by all):
-    # the best betas spread, their ratio, resampled jointly across families, does not.
+def test_a_seed_moving_both_peaks_alike_cancels_in_the_ratio(tmp_path):
+    """Seeds shared by families: a seed that moves every family's peak by the same factor spreads
+    each best beta, not their ratio (MOVER with the seeds' correlation)."""
     for seed, shift in zip(SEEDS, [0.8, 1.0, 1.25]):
         for loss in ("dpo", "ipo"):
             for i, beta in enumerate(BETAS):
                 summary(loss, beta, seed, noise=0.0, shape="quad", peak_shift=shift).write(
-                    tmp_path / "b" / f"{loss}{i}{seed}")
-    best = report.best_beta(report.load_summaries(tmp_path / "b"), n_boot=200, level=0.9).set_index("loss")
-    assert best.loc["ipo", "best_beta_hi"] / best.loc["ipo", "best_beta_lo"] > 1.1
+                    tmp_path / f"{loss}{i}{seed}")
+    best = best_beta(report.load_summaries(tmp_path), level=0.9).set_index("loss")
+    assert best.loc["ipo", "best_beta_high"] / best.loc["ipo", "best_beta_low"] > 1.1
     assert best.loc["dpo", "ratio"] == pytest.approx(3.0, rel=1e-6)
-    assert best.loc["dpo", "ratio_hi"] - best.loc["dpo", "ratio_lo"] == pytest.approx(0, abs=1e-6)
+    assert best.loc["dpo", "ratio_high"] / best.loc["dpo", "ratio_low"] == pytest.approx(1, abs=1e-6)
 
 
-def test_fit_peak_and_direction():
-    x = np.log([0.1, 0.2, 0.4, 0.8])
-    vertex, value, edge = report.fit_peak(x, -(x - np.log(0.3)) ** 2 + 1)
-    assert (math.exp(vertex), value, edge) == (pytest.approx(0.3), pytest.approx(1.0), "")
-    assert report.fit_peak(x, np.array([1.0, 2, 3, 4]))[2] == "high"
-    assert report.fit_peak(x, np.array([4.0, 3, np.nan, 1]))[2] == "low"
-    # Lower is better for a loss: the best beta minimises it.
-    runs = pd.DataFrame({"loss": "a", "beta": np.exp(np.repeat(x, 2)), "seed": [0, 1] * 4, "status": "finished",
-                         "regularisation_scale": 1.0, "val/loss": np.repeat((x - np.log(0.3)) ** 2, 2)})
-    best = report.best_beta(report.normalise(runs), metric="val/loss", reference="a", n_boot=20)
-    assert best["best_beta"].iloc[0] == pytest.approx(0.3)
+def test_lower_is_better_metric():
+    x = np.log(0.3 * np.sqrt(2) ** (np.arange(-4, 5) + 0.3))  # the optimum between grid points
+    rng = np.random.default_rng(0)
+    runs = pd.DataFrame({"loss": "a", "beta": np.exp(np.repeat(x, 3)), "seed": [0, 1, 2] * len(x),
+                         "status": "finished", "regularisation_scale": 1.0,
+                         "val/loss": np.repeat((x - np.log(0.3)) ** 2, 3) + 0.001 * rng.standard_normal(3 * len(x))})
+    best = best_beta(normalise(runs), metric="val/loss", reference="a")
+    assert best["best_beta"].iloc[0] == pytest.approx(0.3, rel=0.02)
+    assert best["best_beta_low"].iloc[0] < best["best_beta"].iloc[0] < best["best_beta_high"].iloc[0]
+
+
+def test_generic_predictors_get_a_verdict_without_a_report_edit(tmp_path, monkeypatch):
+    """A new `*_ratio` column of `theory.predictions` (e.g. another helper's projected link) is
+    judged against the interval like the others."""
+    from gpo.report import theory, write
+
+    def with_projected(runs, reference="ipo", by=None):
+        preds = theory.predictions(runs, reference, by)
+        return preds.assign(projected_link_ratio=np.where(preds["loss"] == "dpo", 3.0, np.nan))
+
+    monkeypatch.setattr(write, "predictions", with_projected)
+    directory = make_sweep(tmp_path / "p", losses=("dpo", "ipo"), failed=False)
+    result = report.write_report(directory, plots=False)
+    assert "| projected link (derived) |" in result.markdown.replace(" |\n", " |")
+    assert "3: agrees" in result.markdown  # dpo's ratio is 3 (SHIFT) and its interval holds it
 
 
 # ------------------------------------------------------------ theory
@@ -184,7 +222,7 @@ def test_link_ratio_logistic_vs_squared(tmp_path):
     for temperature in [1.0, 50.0]:
         directory = make_sweep(tmp_path / f"t{temperature}", betas=BETAS[:2], seeds=[0], failed=False,
                                temperature=temperature)
-        preds = report.predictions(report.load_summaries(directory)).set_index("loss")
+        preds = predictions(report.load_summaries(directory)).set_index("loss")
         rms, lsq = closed_form_ratios(temperature)
         assert preds.loc["dpo", "link_ratio"] == pytest.approx(rms, rel=1e-5)
         assert preds.loc["dpo", "link_ratio_lsq"] == pytest.approx(lsq, rel=1e-5)
@@ -207,7 +245,7 @@ def test_matched_kl_recovers_a_known_beta_shift():
             rows.append({"loss": loss, "beta": beta, "regularisation_scale": scale, "eval/kl": kl,
                          "eval/win_rate": 1 - 0.5 * np.exp(-kl) - drop, "eval/win_rate_stderr": 0.01})
     table = pd.DataFrame(rows)
-    result = report.matched_kl(table, kls=[1.0, 4.0, 100.0]).set_index(["loss", "kl"])
+    result = matched_kl(table, kls=[1.0, 4.0, 100.0]).set_index(["loss", "kl"])
     assert result.loc[("dpo", 1.0), "beta_ratio"] == pytest.approx(2.0)
     assert result.loc[("dpo", 4.0), "taylor_ratio"] == pytest.approx(2.0)
     assert result.loc[("savage", 4.0), "beta_ratio"] == pytest.approx(3.0)
@@ -216,7 +254,7 @@ def test_matched_kl_recovers_a_known_beta_shift():
     assert gap == pytest.approx(0.1)
     assert result.loc[("dpo", 4.0), "eval/win_rate"] == pytest.approx(result.loc[("ipo", 4.0), "eval/win_rate"])
     assert np.isnan(result.loc[("ipo", 100.0), "eval/win_rate"])  # outside every curve: no extrapolation
-    summary = report.matched_kl_ratios(table).set_index("loss")
+    summary = matched_kl_ratios(table).set_index("loss")
     assert summary.loc["dpo", "ratio"] == pytest.approx(2.0) and summary.loc["savage", "ratio"] == pytest.approx(3.0)
     assert (summary.loc["dpo", "kl_lo"], summary.loc["dpo", "kl_hi"]) == (pytest.approx(0.5), pytest.approx(20.0))
 
@@ -225,8 +263,8 @@ def test_matched_kl_on_a_narrow_common_range():
     table = pd.DataFrame({"loss": ["dpo", "dpo", "ipo", "ipo"], "beta": [0.1, 1.0, 0.1, 1.0],
                           "regularisation_scale": [0.5, 0.5, 1.0, 1.0], "eval/kl": [1.001, 1.009, 1.0, 1.01],
                           "eval/win_rate": [0.6, 0.7, 0.6, 0.7]})
-    assert report.default_kls(table) == [1.0]  # three log-spaced points rounded to the same value: kept once
-    assert len(report.matched_kl(table)) == 2
+    assert default_kls(table) == [1.0]  # three log-spaced points rounded to the same value: kept once
+    assert len(matched_kl(table)) == 2
 
 
 def test_max_gap_constructed_case():
@@ -235,11 +273,11 @@ def test_max_gap_constructed_case():
     table = pd.DataFrame({"loss": ["a"] * 3 + ["b"] * 3, "beta": [0.4, 0.2, 0.1] * 2,
                           "eval/kl": [1.0, 2.0, 3.0, 1.5, 2.5, 4.0],
                           "eval/win_rate": [0.5, 0.6, 0.7, 0.55, 0.7, 0.8]})
-    gap = report.max_matched_kl_gap(table)
+    gap = max_matched_kl_gap(table)
     assert (gap.gap, gap.kl, gap.pair) == (pytest.approx(0.05), pytest.approx(2.5), ("a", "b"))
     assert gap.kl_range == pytest.approx((1.5, 3.0))
     disjoint = table.assign(**{"eval/kl": table["eval/kl"] + [0, 0, 0, 10, 10, 10]})
-    assert report.max_matched_kl_gap(disjoint).pair is None  # no common KL range
+    assert max_matched_kl_gap(disjoint).pair is None  # no common KL range
 
 
 def test_label_check_by_temperature(tmp_path):
@@ -251,22 +289,26 @@ def test_label_check_by_temperature(tmp_path):
         for loss in ("dpo", "ipo"):
             shift = expected[temperature] if loss == "dpo" else 1.0
             for i, beta in enumerate(BETAS[::2]):
-                for seed in SEEDS[:2]:
+                for seed in SEEDS:
                     summary(loss, beta * shift, seed, temperature=temperature, kl_shift=shift).write(
                         directory / f"{temperature}-{loss}-{i}-{seed}")
-    result = report.write_report(directory, by=TEMPERATURE_KEY, n_boot=50, plots=False)
-    check = result.check.set_index([TEMPERATURE_KEY, "loss"])
+    result = report.write_report(directory, by=TEMPERATURE_KEY, plots=False)
+    check = result.beta_ratios.set_index([TEMPERATURE_KEY, "loss"])
     for temperature, ratio in expected.items():
         row = check.loc[(temperature, "dpo")]
         assert row["ratio"] == pytest.approx(ratio, rel=1e-6)
+        assert row["ratio_low"] == pytest.approx(ratio) == row["ratio_high"]  # noise-free KL: zero width
         assert row["link_ratio"] == pytest.approx(ratio, rel=1e-5)
         assert row["taylor_ratio"] == pytest.approx(2.0)
     assert set(result.table[TEMPERATURE_KEY]) == {1.0, 4.0}  # results split by the key
-    figure = report.plot_ratio_vs_key(result.check, TEMPERATURE_KEY, directory / "ratio.png")
+    assert set(result.best[TEMPERATURE_KEY]) == {1.0, 4.0}  # best beta per group
+    csv = pd.read_csv(directory / "best_beta.csv")
+    assert list(csv.columns[:2]) == [TEMPERATURE_KEY, "loss"] and len(csv) == 4
+    figure = plot_ratio_vs_key(result.beta_ratios, TEMPERATURE_KEY, directory / "ratio.png")
     assert mpimg.imread(figure).shape[:2] == SIZE
-    assert f"## Label check: β ratio at matched KL by {TEMPERATURE_KEY}" in result.markdown
+    assert f"## β ratio at matched KL, by {TEMPERATURE_KEY}" in result.markdown
     with pytest.raises(LookupError, match="override keys in this sweep"):
-        report.write_report(directory, by="data.source.nonexistent", n_boot=10)
+        report.write_report(directory, by="data.source.nonexistent")
 
 
 # ------------------------------------------------------------ loading, tables, plots
@@ -299,13 +341,15 @@ def test_csv_rows_and_seed_aggregation(written):
 def test_markdown_sections(written):
     directory, _ = written
     md = (directory / "report.md").read_text()
-    sections = ["## Results per (loss, β)", "## Best β per family, relative to ipo", "## β ratios at matched KL",
-                "## Curves vs KL at matched KL", "## Plots", "## Failed runs"]
+    sections = ["## Results per (loss, β)", "## Best β per family, relative to ipo",
+                "## Gao et al.'s over-optimisation curves", "## β ratio at matched KL", "## Families at matched KL",
+                "## Seeds needed", "## Plots", "## Failed runs"]
     assert [md.index(s) for s in sections] == sorted(md.index(s) for s in sections)
     assert "f''(0)/\\|f'(0)\\|" in md  # a bare | in a header would split the column
     assert '"as predicted by theory"' in md and "derived here, not in the paper" in md
-    assert "Taylor ratio (paper)" in md and "link ratio (derived)" in md
+    assert "| Taylor (paper) |" in md and "| link (derived) |" in md
     assert "RuntimeError: loss is NaN at step 17" in md.split("## Failed runs")[1]
+    assert "Seed means ± standard error over seeds." in md and "**" not in md and "?" not in md.replace("?)", "")
 
 
 def test_plots_have_fixed_size(written):
@@ -315,7 +359,7 @@ def test_plots_have_fixed_size(written):
     for name in names:
         assert directory / name in result.paths, name
         assert mpimg.imread(directory / name).shape[:2] == SIZE, name
-    assert report.unscalable_families(result.table) == ["slic"]
+    assert unscalable_families(result.table) == ["slic"]
 
 
 def test_cli(tmp_path, capsys):
@@ -324,13 +368,22 @@ def test_cli(tmp_path, capsys):
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     directory = make_sweep(tmp_path / "cli", losses=("dpo", "ipo"), betas=BETAS[2:9], seeds=SEEDS[:2])
-    assert cli.main([str(directory), "--bootstrap", "50", "--by", TEMPERATURE_KEY, "--no-plots"]) == 0
+    assert cli.main([str(directory), "--by", TEMPERATURE_KEY, "--no-plots", "--window", "0.25"]) == 0
     out = capsys.readouterr().out
     assert f"| {TEMPERATURE_KEY} | loss | β |" in out  # the results table, split by the key
-    assert "measured β/β_ref" in out  # the label check
-    assert str(directory / "report.md") in out and not list(directory.glob("*.png"))
+    assert "at matched KL [95%]" in out  # the matched-KL ratio
+    assert str(directory / "best_beta.csv") in out and not list(directory.glob("*.png"))
+    with pytest.raises(SystemExit):
+        cli.main([str(directory), "--level", "95"])
+    assert "--level and --window must lie in (0, 1)" in capsys.readouterr().err
+    assert cli.main([str(directory), "--metric", "eval/win_rat", "--no-plots"]) == 1
+    assert "no run has the metric 'eval/win_rat' (metrics in this sweep: " in capsys.readouterr().err
     assert cli.main([str(directory), "--by", "no.such.key"]) == 1
     assert "no run has 'no.such.key'" in capsys.readouterr().err
+    (directory / "1" / "summary.json").write_text('{"loss": "dpo", "beta": 0.1')  # truncated
+    assert cli.main([str(directory), "--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert "1/summary.json: not a readable summary.json (JSONDecodeError" in err and "Traceback" not in err
 
 
 def test_cli_empty_directory_fails_cleanly(tmp_path):
@@ -362,8 +415,51 @@ def test_wandb_runs_offline(monkeypatch):
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
     runs = report.load_wandb_runs("sweep-1", project="gpo")
-    table = report.aggregate(runs)
+    table = aggregate(runs)
     assert len(table) == 2 * len(BETAS) and "_step" not in table
     assert table["wall_time_s"].eq(7.0).all()
-    best = report.best_beta(runs, n_boot=50).set_index("loss")
+    best = best_beta(runs).set_index("loss")
     assert best.loc["dpo", "ratio"] == pytest.approx(3.0, rel=0.1)
+
+
+# ------------------------------------------------------------ small sweeps: words, not numbers it cannot back
+
+
+def test_tiny_sweep_one_seed_two_betas_one_family_and_a_failed_run(tmp_path):
+    directory = make_sweep(tmp_path / "tiny", losses=("dpo",), betas=BETAS[8:10], seeds=[0])  # + a failed dpo run
+    result = report.write_report(directory)
+    md = result.markdown
+    assert "one seed per point; no between-seed error" in md and "standard error over seeds" not in md
+    assert "?" not in md and "**" not in md and not re.search(r"\[-?[\d.]+, ", md)  # no interval anywhere
+    assert "The reference family ipo is not in the sweep" in md
+    assert "dpo: no interval for the best β: the best grid point is the grid's" in md
+    csv = pd.read_csv(directory / "best_beta.csv", keep_default_na=False)
+    assert csv.to_dict("records") == [{"loss": "dpo", "best_beta": "", "best_beta_low": "", "best_beta_high": "",
+                                       "ratio": "", "ratio_low": "", "ratio_high": "", "edge": csv["edge"][0],
+                                       "n_seeds": 1, "note": csv["note"][0]}]
+    assert csv["edge"][0] in ("low", "high") and csv["note"][0]
+    assert not (directory / "best_beta.png").exists()  # nothing with an interval to draw
+    for path in result.figures:
+        assert mpimg.imread(path).shape[:2] == SIZE
+
+
+def test_one_seed_sweep_has_points_and_no_intervals(tmp_path):
+    directory = make_sweep(tmp_path / "one", losses=("dpo", "ipo"), seeds=[0], failed=False)
+    result = report.write_report(directory, plots=False)
+    best = result.best.set_index("loss")
+    assert best.loc["dpo", "best_beta"] == pytest.approx(PEAK * 3, rel=0.1)
+    assert best["best_beta_low"].isna().all() and best["ratio_low"].isna().all()
+    md = result.markdown
+    assert "no interval for the best β: one seed" in md and ": agrees" not in md and ": disagrees" not in md
+    assert "Not computable: needs at least two seeds." in md  # the advisor
+    assert "(1 seed: no interval below 3)" in md  # the matched-KL gaps
+
+
+def test_report_without_reference_family_or_kl(tmp_path):
+    """A sweep of one family without the reference, and a metric set without KL: no crash, words."""
+    directory = make_sweep(tmp_path / "noref", losses=("dpo",), failed=False)
+    result = report.write_report(directory, reference="ipo", plots=False)
+    assert "ipo is not in the sweep" in result.markdown
+    runs = report.load_summaries(directory).drop(columns=["eval/kl", "eval/kl_stderr"])
+    result = report.write_report(tmp_path / "nokl", runs, plots=False)
+    assert result.gaps is None and "## Families at matched KL" not in result.markdown

@@ -35,6 +35,15 @@ def per_group(frame: pd.DataFrame, by: str | None, fn, *args, **kwargs) -> pd.Da
     return result
 
 
+def seed_matrices(family: pd.DataFrame, columns: list[str], seeds) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(betas, [values (seeds x betas)]) of one family's runs: each column's value at every
+    (seed, beta), NaN where that run is missing; repeated runs of a cell averaged."""
+    cells = family.groupby(["seed", "beta"])[columns].mean()
+    betas = np.sort(family["beta"].unique()).astype(float)
+    tables = [cells[c].unstack("beta").reindex(index=seeds, columns=betas).to_numpy(float) for c in columns]
+    return betas, tables
+
+
 def aggregate(runs: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     """One row per (loss, beta), or per (by, loss, beta), sorted.
 
@@ -70,6 +79,18 @@ def aggregate(runs: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=keys + ["scaled_beta", "regularisation_scale", "n_runs", "n_finished"])
     table.insert(len(keys), "scaled_beta", table["beta"] * table["regularisation_scale"])
     return table.reset_index(drop=True)
+
+
+def error_bar_words(table: pd.DataFrame) -> str:
+    """What the ± and the plots' error bars are, given how many seeds the points have."""
+    seeds = table["n_finished"] if "n_finished" in table else pd.Series(dtype=float)
+    if not len(seeds) or (seeds == 0).all():
+        return "(no run finished)"
+    if (seeds <= 1).all():
+        return "± the run's own sampling error (one seed per point; no between-seed error)"
+    if (seeds <= 1).any():
+        return "± standard error over seeds (points with one seed: the run's own sampling error)"
+    return "± standard error over seeds"
 
 
 def aggregate_trajectories(trajectories: pd.DataFrame, by: str | None = None) -> pd.DataFrame:

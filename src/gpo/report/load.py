@@ -35,7 +35,14 @@ def read_summaries(directory: str | Path) -> dict[str, RunSummary]:
     paths = sorted(directory.rglob(FILENAME))
     if not paths:
         raise FileNotFoundError(f"no {FILENAME} under {directory}")
-    return {str(path.parent.relative_to(directory)): RunSummary.read(path) for path in paths}
+    summaries = {}
+    for path in paths:
+        try:
+            summaries[str(path.parent.relative_to(directory))] = RunSummary.read(path)
+        except (ValueError, TypeError) as error:  # truncated or hand-edited: name the file, report nothing
+            raise LookupError(f"{path}: not a readable {FILENAME} ({type(error).__name__}: {error}); "
+                              "move it away or re-run that job") from error
+    return summaries
 
 
 def parse_override(override: str) -> tuple[str, object] | None:

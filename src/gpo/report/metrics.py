@@ -6,6 +6,8 @@ Keys are those of `RunSummary.metrics` (and of the W&B run summary). A metric
 
 from dataclasses import dataclass
 
+import pandas as pd
+
 STDERR_SUFFIX = "_stderr"
 
 
@@ -15,6 +17,8 @@ class Metric:
     label: str
     unit: str
     higher_is_better: bool
+    # What the reference policy scores: a number, or the run-table column that holds it (None: unknown).
+    reference: float | str | None = None
 
     @property
     def axis_label(self) -> str:
@@ -35,9 +39,10 @@ METRICS = {
         Metric("train/loss", "train loss E[f(β·ρ)]", "dimensionless", False),
         Metric("eval/kl", "KL(π‖π_ref)", "nats", False),
         Metric("eval/offline_regulariser", "offline regulariser E_data[ρ²]/2", "nats²", False),
-        Metric("eval/gold_reward", "gold reward of policy samples", "gold-reward units", True),
+        Metric("eval/gold_reward", "gold reward of policy samples", "gold-reward units", True,
+               "eval/gold_reward_reference"),
         Metric("eval/gold_reward_reference", "gold reward of reference samples", "gold-reward units", True),
-        Metric("eval/win_rate", "gold win rate vs reference", "fraction", True),
+        Metric("eval/win_rate", "gold win rate vs reference", "fraction", True, 0.5),
         Metric("wall_time_s", "wall time", "s", False),
     ]
 }
@@ -53,3 +58,12 @@ SELECTION_METRICS = ["eval/win_rate", "val/rewards/accuracies"]
 def spec(key: str) -> Metric:
     """The metric's description; an unknown key is taken as higher-is-better, unitless."""
     return METRICS.get(key, Metric(key, key, "as logged", True))
+
+
+def reference_level(key: str, runs: pd.DataFrame) -> float | None:
+    """The reference policy's score on `key` (the mean over runs where a column holds it), or None."""
+    reference = spec(key).reference
+    if isinstance(reference, str):
+        values = runs[reference].dropna() if reference in runs else pd.Series(dtype=float)
+        return float(values.mean()) if len(values) else None
+    return reference

@@ -17,7 +17,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from gpo.report.analysis import present
+from gpo.report.analysis import error_bar_words, present
 from gpo.report.metrics import PLOT_METRICS, STDERR_SUFFIX, spec
 
 # Fixed so that every plot has the same pixel size (1200 x 800), whatever it shows.
@@ -57,7 +57,7 @@ def log_x_at(ax, values) -> None:
     ticks = np.unique(pd.Series(values).dropna())
     if len(ticks) <= 8:
         ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
@@ -101,11 +101,11 @@ def plot_metrics_vs_beta(table: pd.DataFrame, path: str | Path, scaled: bool = F
     x axis is beta * f''(0)/|f'(0)| (the Taylor rescaling), under which the
     families with the same local regularisation line up; families with scale 0
     are left out and named in the title."""
-    metrics = present(table, PLOT_METRICS)
     x_col = "scaled_beta" if scaled else "beta"
     omitted = unscalable_families(table) if scaled else []
     data = table[~table["loss"].isin(omitted) & (table[x_col] > 0)]
-    if not metrics or data.empty:
+    metrics = present(data, PLOT_METRICS)  # no panel without a point
+    if not metrics:
         return None
     style = styles(series(table).unique())
     fig = new_figure()
@@ -125,7 +125,7 @@ def plot_metrics_vs_beta(table: pd.DataFrame, path: str | Path, scaled: bool = F
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = unique_legend(fig)
     fig.legend(handles, labels, loc="outside lower center", ncols=legend_columns(labels, 4),
-               title="loss family (error bars: ± standard error over seeds)")
+               title=f"loss family (error bars: {error_bar_words(table)})")
     title = ("GPO sweep: metrics vs Taylor-rescaled β = β·f''(0)/|f'(0)|" if scaled else "GPO sweep: metrics vs β")
     if omitted:
         title += f"\nomitted, f''(0) = 0 so β cannot be rescaled: {', '.join(omitted)}"
@@ -136,8 +136,9 @@ def plot_metrics_vs_beta(table: pd.DataFrame, path: str | Path, scaled: bool = F
 def plot_gold_vs_kl(table: pd.DataFrame, path: str | Path) -> Path | None:
     """Gold win rate and gold reward at the end of training against KL(π‖π_ref),
     one curve per family, points labelled by beta."""
-    metrics = present(table, ["eval/win_rate", "eval/gold_reward"])
-    if not present(table, ["eval/kl"]) or not metrics:
+    metrics = [m for m in present(table, ["eval/win_rate", "eval/gold_reward"])
+               if table[[m, "eval/kl"]].notna().all(axis=1).any()] if "eval/kl" in table else []
+    if not metrics:  # no panel without a point
         return None
     style = styles(series(table).unique())
     fig = new_figure()
@@ -159,7 +160,7 @@ def plot_gold_vs_kl(table: pd.DataFrame, path: str | Path) -> Path | None:
         ax.grid(True, alpha=0.3)
     handles, labels = unique_legend(fig)
     fig.legend(handles, labels, loc="outside lower center", ncols=legend_columns(labels, 5),
-               title="loss family (error bars: ± standard error)")
+               title=f"loss family (error bars: {error_bar_words(table)})")
     fig.suptitle("GPO sweep: gold-reward trade-off against KL from the reference policy (end of training)")
     return save(fig, path)
 

@@ -1,5 +1,7 @@
-"""Figures that set measured beta ratios against the Taylor and link predictions
-(same pixel size as every other plot, see `gpo.report.plots`)."""
+"""Figures that set measured beta ratios, with their intervals, against the
+predictions (same pixel size as every other plot, see `gpo.report.plots`).
+Only a ratio with an interval is drawn; the others are named on the axis
+with the reason, so no bound is ever drawn as a value."""
 
 from __future__ import annotations
 
@@ -7,88 +9,101 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from gpo.report.best_beta import REFERENCE
+from gpo.report.markdown import predictor_columns, predictor_label
 from gpo.report.plots import new_figure, save, styles
 
-TAYLOR_STYLE = dict(marker="_", markersize=22, markeredgewidth=2.5, linestyle="none", color="black")
-LINK_STYLE = dict(marker="x", markersize=10, markeredgewidth=2, linestyle="none", color="crimson")
+# One marker per predictor, in the order of `predictor_columns`.
+PREDICTOR_STYLES = [dict(marker="_", markersize=22, markeredgewidth=2.5, color="black"),
+                    dict(marker="x", markersize=10, markeredgewidth=2, color="crimson"),
+                    dict(marker="+", markersize=12, markeredgewidth=2, color="darkgreen"),
+                    dict(marker="1", markersize=12, markeredgewidth=2, color="purple")]
+
+
+def _style(i: int) -> dict:
+    return {**PREDICTOR_STYLES[i % len(PREDICTOR_STYLES)], "linestyle": "none"}
+
+
+def _label(row: dict, by: str | None) -> str:
+    if not by:
+        return row["loss"]
+    value = row[by]
+    return f"{row['loss']}\n{by.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, float) else \
+        f"{row['loss']}\n{by.rsplit('.', 1)[-1]}={value}"
 
 
 def plot_best_beta(best: pd.DataFrame, path: str | Path) -> Path | None:
-    """Per family: best beta / best beta(reference) with its bootstrap interval,
-    next to the Taylor and link predictions; log y. A family whose peak is at a
-    grid end is drawn as a triangle pointing the way the bound goes."""
-    if best.empty or not best["ratio"].notna().any():
+    """Per family: best beta / best beta(reference) with its interval, next to every prediction;
+    log y. None when no family has a ratio interval."""
+    drawn = best[np.isfinite(best["ratio_low"]) & np.isfinite(best["ratio_high"])] if not best.empty else best
+    if drawn.empty:
         return None
     by, reference = best.attrs.get("by"), best.attrs.get("reference", "reference")
-    rows = best.reset_index(drop=True)
-    short = by.rsplit(".", 1)[-1] if by else ""
-    labels = [f"{r['loss']}\n{short}={r[by]:g}" if by and isinstance(r[by], float) else
-              f"{r['loss']}\n{short}={r[by]}" if by else r["loss"] for _, r in rows.iterrows()]
-    style = styles(rows["loss"].unique())
+    level = f"{100 * best.attrs.get('level', 0.95):g}%"
+    rows = drawn.to_dict("records")
+    colours = styles(drawn["loss"].unique())
     fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    x = np.arange(len(rows))
-    for i, r in rows.iterrows():
-        colour = style[r["loss"]]["color"]
-        bound = r.get("ratio_bound", "")
-        if bound:
-            ax.plot(x[i], r["ratio"], marker={"≥": "^", "≤": "v"}.get(bound, "d"), markersize=10,
-                    markerfacecolor="none", color=colour, linestyle="none",
-                    label="measured, peak at a grid end (a bound)")
-        else:
-            yerr = None
-            if np.isfinite(r["ratio_lo"]):
-                yerr = [[r["ratio"] - r["ratio_lo"]], [r["ratio_hi"] - r["ratio"]]]
-            ax.errorbar(x[i], r["ratio"], yerr=yerr, capsize=5, marker="o", color=colour, linestyle="none",
-                        label=f"measured (quadratic-fit peak, {100 * best.attrs.get('level', 0.95):g}% bootstrap CI)")
-        if "taylor_ratio" in r and np.isfinite(r["taylor_ratio"]):
-            ax.plot(x[i], r["taylor_ratio"], label="Taylor: scale(ref)/scale(family) (paper)", **TAYLOR_STYLE)
-        if "link_ratio" in r and np.isfinite(r["link_ratio"]):
-            ax.plot(x[i], r["link_ratio"], label="link: RMS t*(p) ratio (derived here)", **LINK_STYLE)
+    for i, r in enumerate(rows):
+        ax.errorbar(i, r["ratio"], yerr=[[r["ratio"] - r["ratio_low"]], [r["ratio_high"] - r["ratio"]]], capsize=5,
+                    marker="o", color=colours[r["loss"]]["color"], linestyle="none",
+                    label=f"measured, {level} interval (cubic fit per seed, paired seeds)")
+        for k, column in enumerate(predictor_columns(drawn)):
+            if np.isfinite(r[column]):
+                ax.plot(i, r[column], label=predictor_label(column), **_style(k))
     ax.set_yscale("log")
-    ax.set_xticks(x, labels)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xticks(range(len(rows)), [_label(r, by) for r in rows])
     ax.set_ylabel(f"best β / best β({reference}) (dimensionless, log scale)")
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.grid(True, which="both", axis="y", alpha=0.3)
     handles, names = _unique(ax)
     ax.legend(handles, names, loc="best")
-    fig.suptitle(f"Best β per family relative to {reference} (selection metric {best.attrs.get('metric', '')}), "
-                 "against the Taylor and link predictions")
+    rest = best[~best.index.isin(drawn.index)]
+    left_out = [f"{r['loss']}" + (f" ({by}={r[by]})" if by else "") for r in rest.to_dict("records")
+                if r.get("ratio_note") != REFERENCE]
+    title = f"Best β per family relative to {reference} (selection metric {best.attrs.get('metric', '')})"
+    if left_out:
+        title += f"\nnot drawn, no interval (see report.md): {', '.join(left_out)}"
+    fig.suptitle(title)
     return save(fig, path)
 
 
-def plot_ratio_vs_key(check: pd.DataFrame, by: str, path: str | Path) -> Path | None:
-    """Matched-KL ratio beta(family)/beta(reference) against the `by` value: the
-    measured geometric mean (bars: min to max over the shared KL range), the
-    link prediction for each group's preference probabilities (line) and the
-    Taylor constant (dashed)."""
-    if check.empty or not check["ratio"].notna().any():
+def plot_ratio_vs_key(ratios: pd.DataFrame, by: str, path: str | Path) -> Path | None:
+    """Matched-KL ratio beta(family)/beta(reference) against the `by` value, with its interval
+    where it has one, and each prediction per group."""
+    if ratios.empty or not ratios["ratio"].notna().any():
         return None
-    reference = check["reference"].iloc[0] if "reference" in check else "reference"
-    numeric = pd.to_numeric(check[by], errors="coerce")
-    x_values = numeric if numeric.notna().all() else pd.Series(pd.factorize(check[by], sort=True)[0], index=check.index)
-    style = styles(check["loss"].unique())
+    reference = ratios.attrs.get("reference", "reference")
+    numeric = pd.to_numeric(ratios[by], errors="coerce")
+    x_values = numeric if numeric.notna().all() else pd.Series(pd.factorize(ratios[by], sort=True)[0],
+                                                                index=ratios.index)
+    colours = styles(ratios["loss"].unique())
     fig = new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    for loss, group in check.assign(_x=x_values).sort_values("_x").groupby("loss", sort=True):
-        colour = style[loss]["color"]
-        ax.errorbar(group["_x"], group["ratio"], capsize=4, marker=style[loss]["marker"], color=colour,
-                    linestyle="none", label=f"{loss}: measured (geometric mean over shared KL range)",
-                    yerr=[group["ratio"] - group["ratio_min"], group["ratio_max"] - group["ratio"]])
-        if group["link_ratio"].notna().any():
-            ax.plot(group["_x"], group["link_ratio"], color=colour, marker="x", markersize=9,
-                    label=f"{loss}: link prediction (derived)")
-        if group["taylor_ratio"].notna().any():
-            ax.axhline(group["taylor_ratio"].dropna().iloc[0], color=colour, linestyle="--",
-                       label=f"{loss}: Taylor prediction (paper)")
+    for loss, group in ratios.assign(_x=x_values).sort_values("_x").groupby("loss", sort=True):
+        colour = colours[loss]["color"]
+        bounded = np.isfinite(group["ratio_low"]) & np.isfinite(group["ratio_high"])
+        ax.errorbar(group["_x"][bounded], group["ratio"][bounded], capsize=4, marker=colours[loss]["marker"],
+                    color=colour, linestyle="none", label=f"{loss}: measured, with its interval",
+                    yerr=[group["ratio"][bounded] - group["ratio_low"][bounded],
+                          group["ratio_high"][bounded] - group["ratio"][bounded]])
+        if (~bounded).any():
+            ax.plot(group["_x"][~bounded], group["ratio"][~bounded], marker=colours[loss]["marker"], color=colour,
+                    markerfacecolor="none", linestyle="none", label=f"{loss}: measured, no interval (one seed)")
+        for k, column in enumerate(predictor_columns(ratios)):
+            if group[column].notna().any():
+                ax.plot(group["_x"], group[column], color=colour, marker=_style(k)["marker"], markersize=9,
+                        linestyle=":", label=f"{loss}: {predictor_label(column)}")
     if numeric.notna().all() and (numeric > 0).all():
         ax.set_xscale("log")
         ax.set_xticks(sorted(numeric.unique()), [f"{v:g}" for v in sorted(numeric.unique())])
         ax.xaxis.set_minor_formatter(NullFormatter())
     elif not numeric.notna().all():
-        codes = sorted(set(zip(x_values, check[by])))
+        codes = sorted(set(zip(x_values, ratios[by])))
         ax.set_xticks([c for c, _ in codes], [str(v) for _, v in codes])
     ax.set_xlabel(by)
     ax.set_ylabel(f"β / β({reference}) at matched KL (dimensionless)")
