@@ -17,7 +17,10 @@ finished run skipped, an interrupted one resumed (`resume`: gpo/resume.py, gpo/c
 import wandb  # isort: skip
 
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 
@@ -42,7 +45,7 @@ from gpo.losses.base import link_ratio
 from gpo.models import compile_policy, device_for, with_lora
 from gpo.module import GPOModule
 from gpo.reference import InitialPolicy, NoReference
-from gpo.resume import finished_run, resume_checkpoint, wandb_resume
+from gpo.resume import earlier_segments, finished_run, resume_checkpoint, wandb_resume
 from gpo.secrets import redact, redacted_argv
 from gpo.summary import FAILED, RunSummary, SummaryContributor
 
@@ -50,11 +53,12 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> RunSummary:
-    start = time.perf_counter()
+    started = time.time()
     check_config(cfg)
     console.configure(cfg.get("verbose", False))
     run_dir = HydraConfig.get().runtime.output_dir
     checkpoint = resume_checkpoint(cfg, run_dir)
+    segments = earlier_segments(cfg, run_dir)  # a resumed run's earlier parts: its wall time sums them all
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     devices = cfg.trainer.get("devices", 1)
     threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
@@ -99,13 +103,22 @@ def train(cfg: DictConfig) -> RunSummary:
         log.info("Resuming from %s", checkpoint)
     # weights_only: a resumed checkpoint is data, never code; the process's own signal handlers back however fit ends.
     with signal_handlers_kept():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        except Interrupted as stop:  # checkpointed at this step; recorded here with this part's time; run_job requeues
+            if trainer.is_global_zero:
+                record = RunSummary(**identity(cfg), beta=beta, beta_scale=beta_scale, status=FAILED,
+                                    error=f"Interrupted: {stop}", resumed_from_step=module.resumed_from_step,
+                                    segments=segments)
+                record.add_segment(started, signal.Signals(stop.signum).name)
+                record.write(run_dir)
+            raise
 
     summary = RunSummary(
         **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
         theory=loss_fn.theory(), metrics={k: float(v) for k, v in sorted(trainer.callback_metrics.items())},
         data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
-        resumed_from_step=module.resumed_from_step,
+        resumed_from_step=module.resumed_from_step, segments=segments,
     )
     for callback in trainer.callbacks:
         if isinstance(callback, SummaryContributor):
@@ -117,7 +130,7 @@ def train(cfg: DictConfig) -> RunSummary:
         elif export.get("policy", False):
             exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False))
             summary.stages["export"] = asdict(exported)
-    summary.wall_time_s = time.perf_counter() - start
+    summary.add_segment(started, "finished")
     if trainer.is_global_zero:
         summary.write(run_dir)
         if isinstance(logger, WandbLogger):
@@ -127,7 +140,10 @@ def train(cfg: DictConfig) -> RunSummary:
     return summary
 
 
-def finish_wandb(exit_code: int = 0) -> None:
+WANDB_PREEMPTED_CLOSE_S = 15  # a preempted job is SIGKILLed after SLURM's KillWait (30 s by default): hand over first
+
+
+def finish_wandb(exit_code: int = 0, preempting: bool = False) -> None:
     """Close this process's W&B run and wait until its files are written.
 
     wandb.finish() returns once the W&B service (a separate process) has the
@@ -137,10 +153,47 @@ def finish_wandb(exit_code: int = 0) -> None:
     That also takes WANDB_SERVICE out of os.environ: left there, it hands the
     runs of every process started later from this one (a test's CLI
     subprocess) to this process's service, and their exit no longer waits for
-    their files."""
-    if wandb.run is not None:
-        wandb.finish(exit_code=exit_code)
-    wandb.teardown()
+    their files.
+
+    `preempting` (a signal stopped the run, run_job requeues the job next):
+    the run is marked preempting first, closing gets WANDB_PREEMPTED_CLOSE_S
+    at most and never raises. `scontrol requeue` sends SIGTERM to every
+    process of the job, W&B's service too, and then each call to it fails or
+    waits (for minutes). What the service wrote stays, and the requeued job
+    continues the same W&B run."""
+    if not preempting:
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
+        wandb.teardown()
+        return
+    failed = []
+
+    def close() -> None:
+        try:
+            if wandb.run is not None:
+                wandb.run.mark_preempting()
+                wandb.finish(exit_code=exit_code)
+            wandb.teardown()
+        except Exception as error:  # the service is gone: nothing left to close
+            failed.append(f"{type(error).__name__}: {error}")
+
+    closing = threading.Thread(target=close, name="wandb-close", daemon=True)
+    closing.start()
+    closing.join(WANDB_PREEMPTED_CLOSE_S)
+    if failed or closing.is_alive():
+        log.warning("W&B run not closed (%s): its service has stopped (a signal to the whole job, e.g. scontrol "
+                    "requeue); what it wrote is kept and the requeued job continues the run",
+                    failed[0] if failed else f"no answer in {WANDB_PREEMPTED_CLOSE_S} s")
+
+
+def exit_now(message: str) -> None:
+    """End the process with `message` and exit status 1 once logs are flushed,
+    without the exit hooks: W&B's would wait on a service that a signal to the
+    whole job has stopped (until SLURM's SIGKILL)."""
+    logging.shutdown()
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
@@ -203,14 +256,13 @@ def run_job(cfg: DictConfig) -> float | None:
         return done.metrics.get(cfg.get("optimized_metric"))
     try:
         summary = train(cfg)
-    except Interrupted as stop:  # a preemption signal: checkpointed at this step; requeue and stop the process
-        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=f"Interrupted: {stop}").write(run_dir)
-        if wandb.run is not None:
-            wandb.run.mark_preempting()
-        finish_wandb(exit_code=1)
+    except Interrupted as stop:  # a preemption signal: checkpointed and recorded at this step; requeue and stop
         log.warning("Interrupted: %s", stop)
-        stop.hand_over()
-        sys.exit(f"interrupted: {stop}")
+        finish_wandb(exit_code=1, preempting=True)
+        try:
+            stop.hand_over()  # submitit's handler ends in sys.exit: exit_now still runs
+        finally:
+            exit_now(f"interrupted: {stop}")
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
         RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=message).write(run_dir)

@@ -9,7 +9,9 @@ schema, so none of them keeps its own list of keys.
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -36,11 +38,21 @@ class RunSummary:
     data: dict = field(default_factory=dict)  # per split: pairs kept, truncated, dropped; preference probabilities
     stages: dict = field(default_factory=dict)  # sft / reference: {"status": ..., "seconds": ...}
     resumed_from_step: int | None = None  # the checkpoint's step when the run continued one (gpo.checkpoints)
+    # One per process that ran it (a preempted and requeued run has several): start, end, seconds, ended_by
+    # ("finished", or the signal that stopped it). wall_time_s is their sum: the run's time, not its last part's.
+    segments: list[dict] = field(default_factory=list)
     wall_time_s: float | None = None
 
     @property
     def finished(self) -> bool:
         return self.status == FINISHED
+
+    def add_segment(self, started: float, ended_by: str) -> None:
+        """This process's part of the run, from `started` (a time.time()) to now."""
+        ended = time.time()
+        self.segments.append({"start": _timestamp(started), "end": _timestamp(ended),
+                              "seconds": round(ended - started, 3), "ended_by": ended_by})
+        self.wall_time_s = sum(part["seconds"] for part in self.segments)
 
     def write(self, directory: str | Path) -> Path:
         """Atomically (temp file + rename): a reader never sees half a summary.
@@ -62,6 +74,10 @@ class RunSummary:
         record = json.loads(path.read_text())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in known})
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="milliseconds")
 
 
 @runtime_checkable
