@@ -115,8 +115,8 @@ start() {
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/run"
     start_munge
     write_conf
-    slurmctld
-    slurmd
+    slurmctld || die "slurmctld did not start: $(tail -n 5 "$DIR/log/slurmctld.log" 2>/dev/null)"
+    slurmd || die "slurmd did not start: $(tail -n 5 "$DIR/log/slurmd.log" 2>/dev/null)"
     until status >/dev/null; do
         if (( SECONDS - started > WAIT_S )); then
             tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true

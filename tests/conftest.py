@@ -87,7 +87,7 @@ def no_scheduler() -> str | None:
         return "no SLURM scheduler answers (sinfo timed out)"
     if done.returncode != 0:
         last_line = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        return f"no SLURM scheduler answers (sinfo: {last_line})"
+        return f"no SLURM scheduler answers (sinfo: {last_line.removeprefix('sinfo: ')})"
     return None
 
 

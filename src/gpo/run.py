@@ -109,7 +109,7 @@ def train(cfg: DictConfig) -> RunSummary:
             if trainer.is_global_zero:
                 record = RunSummary(**identity(cfg), beta=beta, beta_scale=beta_scale, status=FAILED,
                                     error=f"Interrupted: {stop}", resumed_from_step=module.resumed_from_step,
-                                    segments=segments)
+                                    segments=list(segments))
                 record.add_segment(started, signal.Signals(stop.signum).name)
                 record.write(run_dir)
             raise
@@ -118,7 +118,7 @@ def train(cfg: DictConfig) -> RunSummary:
         **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
         theory=loss_fn.theory(), metrics={k: float(v) for k, v in sorted(trainer.callback_metrics.items())},
         data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
-        resumed_from_step=module.resumed_from_step, segments=segments,
+        resumed_from_step=module.resumed_from_step, segments=list(segments),
     )
     for callback in trainer.callbacks:
         if isinstance(callback, SummaryContributor):
@@ -260,8 +260,10 @@ def run_job(cfg: DictConfig) -> float | None:
         log.warning("Interrupted: %s", stop)
         finish_wandb(exit_code=1, preempting=True)
         try:
-            stop.hand_over()  # submitit's handler ends in sys.exit: exit_now still runs
-        finally:
+            stop.hand_over()
+        except Exception as error:  # the checkpoint is written: the same command resumes the run
+            log.error("Requeue failed (%s: %s): run the same command again to resume", type(error).__name__, error)
+        finally:  # also after submitit's handler, which ends in sys.exit
             exit_now(f"interrupted: {stop}")
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
