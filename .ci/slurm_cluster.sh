@@ -65,7 +65,7 @@ start_munge() {
 
 write_conf() {
     local cpus mem_mb
-    cpus=$(nproc)
+    cpus=$(slurmd -C | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p')  # what slurmd finds (nproc follows OMP_NUM_THREADS)
     # A bit under the available memory: slurmd drains a node whose RealMemory exceeds what it finds.
     mem_mb=$(awk '/^MemAvailable:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
     mkdir -p "$(dirname "$CONF")"
