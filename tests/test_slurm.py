@@ -24,14 +24,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from test_distributed import COMMON as DDP_COMMON
-from test_distributed import curve, in_process
 
 from conftest import FAST, ROOT, SMALL_TASK, compose_train
 from gpo.checkpoints import CheckpointOnSignal, slurm_job_id
 from gpo.run import train
 from gpo.summary import RunSummary
 from gpo.wandb_offline import find_runs, read_run
+from test_distributed import COMMON as DDP_COMMON
+from test_distributed import curve, in_process
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -110,7 +110,7 @@ def comparable(summary: RunSummary) -> dict:
 
 SIGNALS = {  # how a job is stopped at step 6: the command the test runs on the job's SLURM id
     "requeue": ["scontrol", "requeue"],  # SIGTERM to every process of the job, W&B's service included
-    "USR1": ["scancel", "--signal=USR1"],  # to the job's steps: SLURM's usual signal before a time limit
+    "USR1": ["scancel", "--signal=USR1"],  # to the job's steps: what `#SBATCH --signal=USR1@90` sends before a limit
     "USR2": ["scancel", "--signal=USR2"],  # submitit's: its handler saves the submission and requeues the job
 }
 STOPPED_BY = {"requeue": "SIGTERM", "USR1": "SIGUSR1", "USR2": "SIGUSR2"}
@@ -169,8 +169,8 @@ def test_readme_multirun_runs_as_a_job_array_on_a_cpu_partition(readme_sweep):
 
 @pytest.mark.parametrize("name, how", JOBS.items())
 def test_a_preempted_job_resumes_to_the_uninterrupted_run(readme_sweep, tmp_path, name, how):
-    """The job is stopped at step 6 of 16: it checkpoints at step 7, SLURM
-    requeues it, and its second run resumes from step 7 to the metrics and
+    """The job is stopped at step 6 of 16: it checkpoints at step 7, is
+    requeued, and its second run resumes from step 7 to the metrics and
     evaluation trajectory of the same run uninterrupted (here, in-process)."""
     sweep_dir, sent, _, _ = readme_sweep
     job = sent[name.split("_")[0]]
