@@ -108,8 +108,8 @@ start() {
         die "$CONF exists and was not written by this script: a real cluster's config is left alone"
     fi
     [[ $(id -u) == 0 ]] || die "starting the daemons needs root (SlurmUser=root)"
-    install_packages
     local started=$SECONDS
+    install_packages
     stop_daemons  # leftovers of an earlier start that no longer answers
     rm -rf "$DIR/state" "$DIR/spool"  # a fresh controller: no jobs of an earlier session
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/run"
@@ -117,14 +117,15 @@ start() {
     write_conf
     slurmctld || die "slurmctld did not start: $(tail -n 5 "$DIR/log/slurmctld.log" 2>/dev/null)"
     slurmd || die "slurmd did not start: $(tail -n 5 "$DIR/log/slurmd.log" 2>/dev/null)"
+    local waiting=$SECONDS
     until status >/dev/null; do
-        if (( SECONDS - started > WAIT_S )); then
+        if (( SECONDS - waiting > WAIT_S )); then
             tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
             die "node $NODE not idle after ${WAIT_S} s ($(node_state || true)); logs above, in $DIR/log"
         fi
         sleep 0.5
     done
-    echo "slurm_cluster: up in $((SECONDS - started)) s: $(status); logs in $DIR/log"
+    echo "slurm_cluster: up in $((SECONDS - started)) s (installing included): $(status); logs in $DIR/log"
 }
 
 stop_daemons() {
