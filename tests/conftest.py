@@ -1,4 +1,6 @@
 import os
+import subprocess
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,28 @@ def close_wandb_run():
     logger (or CLI subprocess) starts its own."""
     yield
     finish_wandb(exit_code=1)
+
+
+@cache
+def no_scheduler() -> str | None:
+    """Why the `slurm` tests cannot run here, or None when a SLURM scheduler
+    answers. The suite never installs or starts one: .ci/slurm_cluster.sh does."""
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%P %t"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return "no SLURM here (no sinfo on the PATH)"
+    except subprocess.TimeoutExpired:
+        return "no SLURM scheduler answers (sinfo timed out)"
+    if done.returncode != 0:
+        last_line = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return f"no SLURM scheduler answers (sinfo: {last_line.removeprefix('sinfo: ')})"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slurm` skip, with the reason, unless a scheduler answers
+    (start the one-node test cluster: bash .ci/slurm_cluster.sh start)."""
+    slurm = [item for item in items if item.get_closest_marker("slurm")]
+    if slurm and (reason := no_scheduler()):
+        for item in slurm:
+            item.add_marker(pytest.mark.skip(reason=f"{reason}; start one: bash .ci/slurm_cluster.sh start"))

@@ -64,6 +64,12 @@ def test_num_threads_auto_divides_the_cores_among_parallel_jobs(monkeypatch):
         monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda c=config: c))
         assert torch_threads("auto") == threads, (mode, n_jobs)
     assert torch_threads("auto", cpu_processes=2) == 4  # DDP on 2 CPU processes, one job
+    # A SLURM task: its CPUs, not the affinity mask (all 8 cores here: task/none sets none).
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+    assert torch_threads("auto") == 2
+    assert torch_threads("auto", cpu_processes=2) == 1  # one task, Lightning starts the 2 CPU ranks in it
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert torch_threads("auto", cpu_processes=2) == 2  # one task per rank: each has its 2 CPUs
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a launcher's choice is kept
     assert torch_threads("auto") == 3
     with pytest.raises(Exception, match="num_threads"):

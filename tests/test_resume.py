@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import psutil
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -25,6 +26,7 @@ from gpo.infra.errors import InputError
 from gpo.infra.summary import RunSummary
 from gpo.run import train
 from gpo.training import AtomicCheckpointIO, CheckpointOnSignal, Interrupted
+from gpo.training.resume import earlier_segments
 from wandb_records import find_runs
 
 
@@ -159,6 +161,43 @@ def test_preemption_signal_checkpoints_the_current_step_requeues_and_resumes(tmp
     assert_same_run(resumed, uninterrupted)
 
 
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_the_job_kills_wandb_yet_the_run_hands_over_and_exits(tmp_path, uninterrupted):
+    """What `scontrol requeue` does to a job: SIGTERM to every process, W&B's
+    service too (the run logs to W&B offline, the default). The run still
+    checkpoints at the step in progress, records it, requeues (scontrol,
+    faked here) and exits at once by itself, in one line; the requeued job
+    resumes from that step to the uninterrupted run's metrics."""
+    run_dir, marker, release = tmp_path / "run", tmp_path / "paused", tmp_path / "release"
+    bin_dir, requeues = tmp_path / "bin", tmp_path / "scontrol.log"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    process = start(*RUN, f"hydra.run.dir={run_dir}", "+callbacks.pause._target_=test_resume.PauseAt",
+                    "+callbacks.pause.step=6", f"+callbacks.pause.marker={marker}",
+                    f"+callbacks.pause.release={release}",
+                    SLURM_JOB_ID="4243", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    wait_for(marker, process)
+    job = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    assert any("wandb" in p.name() for p in job)  # W&B's service (in a session of its own), which SLURM finds too
+    for member in job:
+        member.send_signal(signal.SIGTERM)
+    psutil.wait_procs([p for p in job if p.pid != process.pid], timeout=60)  # the service has stopped
+    release.touch()
+    released = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    seconds = time.monotonic() - released
+    assert process.returncode == 1 and stderr.strip().splitlines()[-1].startswith("interrupted: SIGTERM at step 7")
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert seconds < 30, f"{seconds:.0f} s from the end of the step to the exit: SLURM's KillWait would SIGKILL it"
+    assert requeues.read_text().split() == ["requeue", "4243"] and checkpoint_step(run_dir) == 7
+    assert RunSummary.read(run_dir).error.startswith("Interrupted: SIGTERM at step 7")
+
+    resumed = train(compose_train(RUN, output_dir=run_dir))  # what the requeued job runs
+    assert resumed.finished and resumed.resumed_from_step == 7
+    assert_same_run(resumed, uninterrupted)
+
+
 def test_sigterm_in_process_checkpoints_stops_and_restores_the_handlers(tmp_path, uninterrupted):
     """SIGTERM (SLURM preemption; Lightning handles it too): same path, and the
     process's own SIGTERM handling is back once the run has stopped."""
@@ -170,9 +209,19 @@ def test_sigterm_in_process_checkpoints_stops_and_restores_the_handlers(tmp_path
         train(cfg)
     assert signal.getsignal(signal.SIGTERM) == before
     assert checkpoint_step(tmp_path) == 10
+    stopped = RunSummary.read(tmp_path)
+    assert stopped.status == "failed" and stopped.error.startswith("Interrupted: SIGTERM at step 10")
     resumed = train(compose_train([*RUN, "logger=csv"], output_dir=tmp_path))
     assert resumed.resumed_from_step == 10
     assert_same_run(resumed, uninterrupted)
+    # The run's wall time is both parts', each as its process recorded it (a requeued run's is not its last part's).
+    assert resumed.segments[0] == stopped.segments[0] and stopped.segments[0]["ended_by"] == "SIGTERM"
+    assert [part["ended_by"] for part in resumed.segments] == ["SIGTERM", "finished"]
+    assert resumed.wall_time_s == pytest.approx(sum(part["seconds"] for part in resumed.segments))
+    assert resumed.wall_time_s > resumed.segments[1]["seconds"] > 0
+    # Starting over is a new run: no earlier parts.
+    assert earlier_segments(compose_train([*RUN, "resume=false"]), tmp_path) == []
+    assert len(earlier_segments(compose_train(RUN), tmp_path)) == 2
 
 
 def test_resume_false_starts_over_and_a_named_run_without_checkpoint_is_an_error(tmp_path):

@@ -12,10 +12,12 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
 import report as report_cli
-from conftest import FAST, ROOT, compose_train
+from conftest import CONF, FAST, ROOT, compose_train
 from gpo.infra.summary import RunSummary
 from gpo.report import DPI, FIGSIZE
 from gpo.sweeps.outcomes import job_outcomes
@@ -182,9 +184,45 @@ def test_sweep_presets_compose():
     assert HydraConfig.get().sweeper.params.seed == "1,2,3"
     slurm = compose_train(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], output_dir="unused")
     launcher = HydraConfig.get().launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.partition, launcher.gpus_per_node, launcher.nodes) == ("gpu", 1, 1)
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert slurm.reference._target_.endswith("CachedReference")
+
+
+def slurm_request(*overrides) -> dict:
+    """What `hydra/launcher=slurm` asks SLURM for, resolved as Hydra resolves it
+    when it builds the launcher (against the whole config: the trainer's keys)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+    return {key: cfg.hydra.launcher[key] for key in ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task",
+                                                     "mem_gb")}
+
+
+def test_the_slurm_preset_asks_for_what_the_trainer_trains_on():
+    """docs/sweeps.md's SLURM commands: a CPU partition (run on a real scheduler
+    in tests/test_slurm.py), one GPU per sweep point, DDP on 2 CPU tasks, DDP on
+    2 nodes x 8 GPUs (docs/real_models.md)."""
+    cpu = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": None, "cpus_per_task": 1, "mem_gb": 8}
+    assert slurm_request() == cpu
+    assert slurm_request("trainer=gpu") == {**cpu, "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64}
+    assert slurm_request("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2") == {**cpu, "tasks_per_node": 2}
+    assert slurm_request("trainer=ddp", "trainer.num_nodes=2", "trainer.devices=8") == {
+        "nodes": 2, "tasks_per_node": 8, "gpus_per_node": 8, "cpus_per_task": 8, "mem_gb": 64}
+    assert slurm_request("trainer=gpu", "trainer.devices=[0,1]")["gpus_per_node"] == 2
+    assert slurm_request("trainer=gpu", "hydra.launcher.cpus_per_task=16")["cpus_per_task"] == 16  # still overridable
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer=ddp"], "trainer.devices must be a number on gpu, got 'auto': set trainer.devices=<devices per node>"),
+    (["trainer.accelerator=auto"], "sizes each job from trainer.accelerator, which must be cpu or gpu there"),
+])
+def test_a_slurm_request_the_trainer_cannot_size_is_one_line_before_submitting(tmp_path, overrides, message):
+    done = subprocess.run([sys.executable, "src/train.py", "-m", *overrides, "hydra/launcher=slurm",
+                           f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("error: hydra/launcher=slurm ") and message in lines[0]
+    assert not list(tmp_path.iterdir())  # nothing submitted
 
 
 @pytest.mark.parametrize("name", ["wandb_families_beta.yaml", "wandb_paper_controlled.yaml"])

@@ -13,6 +13,8 @@ finished run skipped, an interrupted one resumed (gpo.training.resume).
 """
 
 import logging
+import os
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -33,17 +35,18 @@ from gpo.model import LogProbs, compile_policy, device_for, export_policy, with_
 from gpo.reference import InitialPolicy, NoReference
 from gpo.training import GPOModule, Interrupted
 from gpo.training.preemption import signal_handlers_kept
-from gpo.training.resume import finished_run, resume_checkpoint
+from gpo.training.resume import earlier_segments, finished_run, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> RunSummary:
-    start = time.perf_counter()
+    started = time.time()
     check_config(cfg)
     console.configure(cfg.get("verbose", False))
     run_dir = HydraConfig.get().runtime.output_dir
     checkpoint = resume_checkpoint(cfg, run_dir)
+    segments = earlier_segments(cfg, run_dir)  # a resumed run's earlier parts: its wall time sums them all
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     devices = cfg.trainer.get("devices", 1)
     threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
@@ -83,13 +86,22 @@ def train(cfg: DictConfig) -> RunSummary:
         log.info("Resuming from %s", checkpoint)
     # weights_only: a resumed checkpoint is data, never code; the process's own signal handlers back however fit ends.
     with signal_handlers_kept():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        except Interrupted as stop:  # checkpointed at this step; recorded here with this part's time; run_job requeues
+            if trainer.is_global_zero:
+                record = RunSummary(**identity(cfg), beta=beta, beta_scale=beta_scale, status=FAILED,
+                                    error=f"Interrupted: {stop}", resumed_from_step=module.resumed_from_step,
+                                    segments=list(segments))
+                record.add_segment(started, signal.Signals(stop.signum).name)
+                record.write(run_dir)
+            raise
 
     summary = RunSummary(
         **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
         theory=loss_fn.theory(), metrics={k: float(v) for k, v in sorted(trainer.callback_metrics.items())},
         data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
-        resumed_from_step=module.resumed_from_step,
+        resumed_from_step=module.resumed_from_step, segments=list(segments),
     )
     for callback in trainer.callbacks:
         if isinstance(callback, SummaryContributor):
@@ -99,13 +111,23 @@ def train(cfg: DictConfig) -> RunSummary:
         exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False), trainer.strategy)
         if exported is not None:
             summary.stages["export"] = asdict(exported)
-    summary.wall_time_s = time.perf_counter() - start
+    summary.add_segment(started, "finished")
     if trainer.is_global_zero:  # rank 0's summary has the sample evaluation
         summary.write(run_dir)
         tracking.record_summary(logger, summary.metrics)
     tracking.finish()  # the next job of a multirun in this process starts a fresh W&B run
     report_outcome(summary.metrics)
     return summary
+
+
+def exit_now(message: str) -> None:
+    """End the process with `message` and exit status 1 once logs are flushed,
+    without the exit hooks: W&B's would wait on a service that a signal to the
+    whole job has stopped (until SLURM's SIGKILL)."""
+    logging.shutdown()
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
@@ -157,12 +179,15 @@ def run_job(cfg: DictConfig) -> float | None:
         return done.objective(cfg.get("optimized_metric"))
     try:
         summary = train(cfg)
-    except Interrupted as stop:  # a preemption signal: checkpointed at this step; requeue and stop the process
-        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=f"Interrupted: {stop}").write(run_dir)
-        tracking.finish(exit_code=1, preempted=True)
+    except Interrupted as stop:  # a preemption signal: checkpointed and recorded at this step; requeue and stop
         log.warning("Interrupted: %s", stop)
-        stop.hand_over()
-        sys.exit(f"interrupted: {stop}")
+        tracking.finish(exit_code=1, preempted=True)
+        try:
+            stop.hand_over()
+        except Exception as error:  # the checkpoint is written: the same command resumes the run
+            log.error("Requeue failed (%s: %s): run the same command again to resume", type(error).__name__, error)
+        finally:  # also after submitit's handler, which ends in sys.exit
+            exit_now(f"interrupted: {stop}")
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
         RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=message).write(run_dir)

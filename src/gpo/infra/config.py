@@ -37,6 +37,39 @@ def resume_dir(resume, default: str) -> str:
 OmegaConf.register_new_resolver("resume_dir", resume_dir, replace=True)
 
 
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def on_gpu(accelerator: str, gpu_value, cpu_value):
+    """`gpu_value` for a trainer on GPUs, else `cpu_value`: a job request that
+    follows the trainer (conf/hydra/launcher/slurm.yaml), decided when the job
+    is submitted, before any device is seen."""
+    if accelerator not in ("cpu", *GPU_ACCELERATORS):
+        raise InputError(f"hydra/launcher=slurm sizes each job from trainer.accelerator, which must be cpu or gpu "
+                         f"there, got {accelerator!r}")
+    return gpu_value if accelerator in GPU_ACCELERATORS else cpu_value
+
+
+def devices_per_node(accelerator: str, devices) -> int:
+    """The devices one node of a run trains on (trainer.devices: a count or a
+    list; `auto` is one on CPU). Under SLURM each device is one task: Lightning
+    starts no processes there, every rank is a task SLURM started."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.replace(",", "").isdigit():
+        return len(devices.split(",")) if "," in devices else int(devices)
+    if OmegaConf.is_list(devices) or isinstance(devices, list):
+        return len(devices)
+    if devices == "auto" and on_gpu(accelerator, False, True):
+        return 1
+    raise InputError(f"hydra/launcher=slurm requests one task (and one GPU) per device, so trainer.devices must "
+                     f"be a number on {accelerator}, got {devices!r}: set trainer.devices=<devices per node>")
+
+
+OmegaConf.register_new_resolver("on_gpu", on_gpu, replace=True)
+OmegaConf.register_new_resolver("devices_per_node", devices_per_node, replace=True)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -83,7 +116,10 @@ def torch_threads(setting, cpu_processes: int = 1) -> int | None:
     `cpu_processes` (DDP on CPU: trainer.devices), so that they never ask
     for more threads than cores (more make torch's threads wait on each
     other). An OMP_NUM_THREADS set in the environment (a launcher's choice)
-    is kept."""
+    is kept. In a SLURM task the cores are SLURM_CPUS_PER_TASK: SLURM's
+    task/none plugin (and some clusters' setups) sets no affinity mask, so
+    the mask shows the whole node; with one task per rank (DDP launched by
+    SLURM: SLURM_NTASKS > 1) Lightning starts no processes of its own."""
     if setting in (None, "null"):
         return None
     if setting != "auto":
@@ -93,6 +129,10 @@ def torch_threads(setting, cpu_processes: int = 1) -> int | None:
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return int(os.environ["OMP_NUM_THREADS"])
     cores, jobs = len(os.sched_getaffinity(0)), 1
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        cores = int(os.environ["SLURM_CPUS_PER_TASK"])
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            cpu_processes = 1
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         n_jobs = HydraConfig.get().launcher.get("n_jobs")
         if isinstance(n_jobs, int) and n_jobs != 0:

@@ -14,7 +14,9 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
+from gpo.infra.errors import InputError
 from gpo.infra.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,24 @@ class CheckOutputDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config, "hydra.sweep.dir")
+
+
+class CheckLauncher(Callback):
+    """The launcher's settings resolved before any job is submitted: a request
+    the config cannot make (conf/hydra/launcher/slurm.yaml with
+    trainer.devices=auto on GPUs) is one line naming it, not a traceback from
+    inside the sweeper."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            OmegaConf.to_container(config.hydra.launcher, resolve=True)
+        except InterpolationResolutionError as error:
+            cause = error
+            while cause is not None and not isinstance(cause, InputError):  # what a (nested) resolver raised
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:
+                raise SystemExit(f"error: {cause}") from None
+            # anything else surfaces where Hydra resolves it
 
 
 # Per process: the GPU this process holds and its lock file (kept open). Process-global

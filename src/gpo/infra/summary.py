@@ -9,8 +9,10 @@ schema, so none of them keeps its own list of keys.
 import json
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -38,6 +40,9 @@ class RunSummary:
     data: dict = field(default_factory=dict)  # per split: pairs kept, truncated, dropped; preference probabilities
     stages: dict = field(default_factory=dict)  # sft / reference: {"status": ..., "seconds": ...}
     resumed_from_step: int | None = None  # the checkpoint's step when the run continued one (gpo.training.resume)
+    # One per process that ran it (a preempted and requeued run has several): start, end, seconds, ended_by
+    # ("finished", or the signal that stopped it). wall_time_s is their sum: the run's time, not its last part's.
+    segments: list[dict] = field(default_factory=list)
     wall_time_s: float | None = None
 
     @property
@@ -49,6 +54,13 @@ class RunSummary:
         a list in order of preference) that this run measured."""
         names = [names] if isinstance(names, str) else names or []
         return next((self.metrics[name] for name in names if name in self.metrics), None)
+
+    def add_segment(self, started: float, ended_by: str) -> None:
+        """This process's part of the run, from `started` (a time.time()) to now."""
+        ended = time.time()
+        self.segments.append({"start": _timestamp(started), "end": _timestamp(ended),
+                              "seconds": round(ended - started, 3), "ended_by": ended_by})
+        self.wall_time_s = sum(part["seconds"] for part in self.segments)
 
     def write(self, directory: str | Path) -> Path:
         """Atomically (temp file + rename): a reader never sees half a summary.
@@ -70,6 +82,10 @@ class RunSummary:
         record = json.loads(path.read_text())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in known})
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="milliseconds")
 
 
 @runtime_checkable

@@ -9,9 +9,11 @@ one room for everything W&B-specific.
 Other loggers (conf/logger/csv.yaml) pass through untouched.
 """
 
+import logging
 import os
 import secrets
 import string
+import threading
 from pathlib import Path
 
 import wandb
@@ -21,6 +23,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from gpo.infra.config import instantiate
 from gpo.infra.secrets import redact, redacted_argv
+
+log = logging.getLogger(__name__)
 
 WANDB_ID = "wandb_id"  # in the run directory: the W&B run id, so a resumed run continues the same W&B run
 
@@ -69,6 +73,10 @@ def record_summary(logger, metrics: dict) -> None:
         logger.experiment.summary.update(metrics)
 
 
+# A preempted job is SIGKILLed after SLURM's KillWait (30 s by default): the requeue hand-over must come first.
+PREEMPTED_CLOSE_S = 15
+
+
 def finish(exit_code: int = 0, preempted: bool = False) -> None:
     """Close this process's W&B run and wait until its files are written.
 
@@ -79,9 +87,34 @@ def finish(exit_code: int = 0, preempted: bool = False) -> None:
     That also takes WANDB_SERVICE out of os.environ: left there, it hands the
     runs of every process started later from this one (a test's CLI
     subprocess) to this process's service, and their exit no longer waits for
-    their files. `preempted`: W&B marks the run preempted (to be resumed), not failed."""
-    if wandb.run is not None:
-        if preempted:
-            wandb.run.mark_preempting()
-        wandb.finish(exit_code=exit_code)
-    wandb.teardown()
+    their files.
+
+    `preempted` (a signal stopped the run; run_job requeues the job next): the
+    run is marked preempting (to be resumed, not failed), closing gets
+    PREEMPTED_CLOSE_S at most and never raises. `scontrol requeue` sends
+    SIGTERM to every process of the job, W&B's service too, and then each call
+    to it fails (BrokenPipeError) or waits for minutes. What the service wrote
+    stays, and the requeued job continues the same W&B run."""
+    if not preempted:
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
+        wandb.teardown()
+        return
+    failed = []
+
+    def close() -> None:
+        try:
+            if wandb.run is not None:
+                wandb.run.mark_preempting()
+                wandb.finish(exit_code=exit_code)
+            wandb.teardown()
+        except Exception as error:  # the service is gone: nothing left to close
+            failed.append(f"{type(error).__name__}: {error}")
+
+    closing = threading.Thread(target=close, name="wandb-close", daemon=True)
+    closing.start()
+    closing.join(PREEMPTED_CLOSE_S)
+    if failed or closing.is_alive():
+        log.warning("W&B run not closed (%s): its service has stopped (a signal to the whole job, e.g. scontrol "
+                    "requeue); what it wrote is kept and the requeued job continues the run",
+                    failed[0] if failed else f"no answer in {PREEMPTED_CLOSE_S} s")

@@ -40,3 +40,15 @@ def finished_run(cfg: DictConfig, run_dir: str) -> RunSummary | None:
     except (OSError, ValueError, TypeError):
         return None
     return summary if summary.finished else None
+
+
+def earlier_segments(cfg: DictConfig, run_dir: str) -> list[dict]:
+    """The parts of the run this process continues, as the processes that ran
+    them recorded them in summary.json (RunSummary.segments): when the run
+    resumes from its checkpoint; none when it starts over."""
+    if cfg.get("resume", "auto") in RESUME_OFF or not last_checkpoint(run_dir).exists():
+        return []
+    try:
+        return list(RunSummary.read(Path(run_dir) / FILENAME).segments)
+    except (OSError, ValueError, TypeError):
+        return []
