@@ -7,14 +7,18 @@ Data flows one way:
       -> GPOModule(policy, reference, loss) -> Lightning Trainer.fit
       -> RunSummary (summary.json, W&B run summary)
 
-`train(cfg)` returns the summary; `run_job(cfg)` is the entry point's job:
-bad input in one line, any failure recorded in summary.json and W&B, a
-finished run skipped, an interrupted one resumed (gpo.training.resume).
+`train(cfg)` returns the summary; `run_job(cfg)` is the entry point's job and
+the one place failures are handled: the run directory held by one process
+(gpo.infra.run_lock), a finished run skipped and an interrupted one resumed if
+it is the same experiment (gpo.training.resume), a signal in any stage stopped
+with a record (gpo.infra.interrupts), a failure recorded in summary.json and
+W&B and reported in one line.
 """
 
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 
 import pytorch_lightning as pl
@@ -22,17 +26,23 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from gpo.infra import console, tracking
+from gpo.data.sources import check_data_files
+from gpo.infra import console, interrupts, tracking
 from gpo.infra.cache import DiskCache
 from gpo.infra.config import check_config, instantiate, torch_threads
-from gpo.infra.errors import InputError
+from gpo.infra.errors import OneLineError, RunRefused
+from gpo.infra.interrupts import Interrupted
+from gpo.infra.run_lock import run_directory_lock
 from gpo.infra.summary import FAILED, RunSummary, SummaryContributor
 from gpo.losses.scaling import beta_scale_factor
 from gpo.model import LogProbs, compile_policy, device_for, export_policy, with_lora
 from gpo.reference import InitialPolicy, NoReference
-from gpo.training import GPOModule, Interrupted
-from gpo.training.preemption import signal_handlers_kept
+from gpo.sweeps.outcomes import note_refused_job
+from gpo.training import GPOModule, RunRecord
+from gpo.training.identity import run_identity
 from gpo.training.resume import finished_run, resume_checkpoint
 
 log = logging.getLogger(__name__)
@@ -40,72 +50,85 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> RunSummary:
     start = time.perf_counter()
-    check_config(cfg)
-    console.configure(cfg.get("verbose", False))
-    run_dir = HydraConfig.get().runtime.output_dir
-    checkpoint = resume_checkpoint(cfg, run_dir)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    devices = cfg.trainer.get("devices", 1)
-    threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
-                            isinstance(devices, int) else 1)
-    if threads:
-        torch.set_num_threads(threads)
+    with interrupts.handling() as signals:  # the job's (run_job's), or this call's own
+        signals.enter("while starting")
+        check_config(cfg)
+        console.configure(cfg.get("verbose", False))
+        run_dir = HydraConfig.get().runtime.output_dir
+        identity = run_identity(cfg)
+        checkpoint = resume_checkpoint(cfg, run_dir, identity)
+        check_data_files(cfg.data)  # local files the config names: before the model (maybe from a hub) is fetched
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        devices = cfg.trainer.get("devices", 1)
+        threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
+                                isinstance(devices, int) else 1)
+        if threads:
+            torch.set_num_threads(threads)
 
-    build = instantiate(cfg.model.policy, _partial_=True)
-    policy, tokenizer = build()
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
-    datamodule.setup("fit")  # bad data fails here, before any compute
-    datamodule.check_trainable()
-    datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
-    logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
-    loss_fn = instantiate(cfg.loss)
-    initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
-                            cfg.trainer.accelerator, logprobs)
-    reference = (instantiate(cfg.reference, initial=initial, logprobs=logprobs) if loss_fn.needs_reference
-                 else NoReference(initial, logprobs))
-    # Before the SFT stage: bad input costs no compute.
-    reference.check(choice("loss", cfg), loss_fn.needs_reference, lora=cfg.model.get("lora") is not None)
-    stages = {"sft": initial.prepare(policy)}
-    policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
-    if cfg.model.get("compile"):
-        compile_policy(policy)
-    stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
-    beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
+        signals.enter("while loading the model")
+        build = instantiate(cfg.model.policy, _partial_=True)
+        policy, tokenizer = build()
+        signals.enter("during data preparation")
+        datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
+        datamodule.setup("fit")  # bad data fails here, before any compute
+        datamodule.check_trainable()
+        datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
+        logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
+        loss_fn = instantiate(cfg.loss)
+        initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
+                                cfg.trainer.accelerator, logprobs)
+        reference = (instantiate(cfg.reference, initial=initial, logprobs=logprobs) if loss_fn.needs_reference
+                     else NoReference(initial, logprobs))
+        # Before the SFT stage: bad input costs no compute.
+        reference.check(choice("loss", cfg), loss_fn.needs_reference, lora=cfg.model.get("lora") is not None)
+        signals.enter("during the SFT stage")
+        stages = {"sft": initial.prepare(policy)}
+        policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
+        if cfg.model.get("compile"):
+            compile_policy(policy)
+        signals.enter("during the reference log-probs")
+        stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
+        beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 
-    module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
-                       logprobs)
-    logger = tracking.make_logger(cfg.logger, run_dir)
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
-    tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
-    log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
-             cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
-    if checkpoint is not None:
-        log.info("Resuming from %s", checkpoint)
-    # weights_only: a resumed checkpoint is data, never code; the process's own signal handlers back however fit ends.
-    with signal_handlers_kept():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
+                           logprobs)
+        logger = tracking.make_logger(cfg.logger, run_dir)
+        record = RunRecord(identity)  # the identity and the metrics, in every checkpoint
+        trainer = instantiate(cfg.trainer, logger=logger, callbacks=[*instantiate(cfg.callbacks).values(), record])
+        tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
+        log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
+                 cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
+        if checkpoint is not None:
+            log.info("Resuming from %s", checkpoint)
+        signals.enter("in training")
+        with signals.deferred():  # a signal stops training at the end of a step (gpo.training.preemption)
+            # weights_only: a resumed checkpoint is data, never code.
+            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
 
-    summary = RunSummary(
-        **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
-        theory=loss_fn.theory(), metrics={k: float(v) for k, v in sorted(trainer.callback_metrics.items())},
-        data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
-        resumed_from_step=module.resumed_from_step,
-    )
-    for callback in trainer.callbacks:
-        if isinstance(callback, SummaryContributor):
-            callback.contribute(summary)
-    export = cfg.get("export") or {}
-    if trainer.is_global_zero and export.get("policy", False):  # under DDP every rank runs train()
-        exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False), trainer.strategy)
-        if exported is not None:
-            summary.stages["export"] = asdict(exported)
-    summary.wall_time_s = time.perf_counter() - start
-    if trainer.is_global_zero:  # rank 0's summary has the sample evaluation
-        summary.write(run_dir)
-        tracking.record_summary(logger, summary.metrics)
-    tracking.finish()  # the next job of a multirun in this process starts a fresh W&B run
-    report_outcome(summary.metrics)
-    return summary
+        signals.enter("during the export")
+        summary = RunSummary(
+            **identity_fields(cfg), beta=beta, beta_scale=beta_scale,
+            loss_config=OmegaConf.to_container(cfg.loss, resolve=True), theory=loss_fn.theory(),
+            metrics=dict(record.metrics), data=datamodule.summary(),
+            stages={name: asdict(s) for name, s in stages.items() if s is not None},
+            resumed_from_step=module.resumed_from_step, identity=identity,
+        )
+        for callback in trainer.callbacks:
+            if isinstance(callback, SummaryContributor):
+                callback.contribute(summary)
+        export = cfg.get("export") or {}
+        if trainer.is_global_zero and export.get("policy", False):  # under DDP every rank runs train()
+            exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False), trainer.strategy)
+            if exported is not None:
+                summary.stages["export"] = asdict(exported)
+        signals.enter("while writing the summary")
+        summary.wall_time_s = time.perf_counter() - start
+        if trainer.is_global_zero:  # rank 0's summary has the sample evaluation
+            summary.write(run_dir)
+            tracking.record_summary(logger, summary.metrics)
+        tracking.finish()  # the next job of a multirun in this process starts a fresh W&B run
+        report_outcome(summary.metrics)
+        return summary
 
 
 def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
@@ -129,7 +152,8 @@ def choice(group: str, cfg: DictConfig) -> str:
     return "?"
 
 
-def identity(cfg: DictConfig) -> dict:
+def identity_fields(cfg: DictConfig) -> dict:
+    """What a summary says about the run's config: the loss chosen, beta asked for, seed, overrides."""
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     return {"loss": choice("loss", cfg), "beta_requested": cfg.beta, "seed": cfg.seed, "overrides": overrides}
 
@@ -145,33 +169,67 @@ def report_outcome(metrics: dict) -> None:
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    """Train; on failure leave a record for the sweep report and close the W&B
-    run as failed (checkpoints and logs already written stay where they are).
-    A run directory whose summary.json says finished is skipped (resume=false
-    trains it again). Returns `optimized_metric` (the first of a list that the
-    run measured) for Hydra sweepers."""
+    """Train, holding the run directory; returns `optimized_metric` (the first
+    of a list that the run measured) for Hydra sweepers.
+
+    A finished run of this experiment is skipped (resume=false trains it again).
+    A signal stops the run with a record and, for a scheduler's, a requeue. A
+    failure is recorded (summary.json, the W&B run closed as failed; checkpoints
+    and logs stay) and reported in one line when its message says everything;
+    in a multirun the other jobs go on. A directory that another process holds,
+    or that holds another experiment, is left untouched."""
     run_dir = HydraConfig.get().runtime.output_dir
-    done = finished_run(cfg, run_dir)
-    if done is not None:
-        log.info("%s: finished already (summary.json); skipped (resume=false trains it again)", run_dir)
-        return done.objective(cfg.get("optimized_metric"))
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    with interrupts.handling() as signals:
+        try:
+            with run_directory_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():  # DDP: rank 0 holds it
+                return _run_job(cfg, run_dir, multirun, signals)
+        except RunRefused as refused:  # nothing of this run was written there: nothing to record
+            if multirun:
+                log.error("Job refused: %s", refused)
+                note_refused_job(HydraConfig.get().sweep.dir, run_dir, str(refused))
+                return None
+            log.error("%s", refused)
+            sys.exit(f"error: {refused}")
+
+
+def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.InterruptHandler) -> float | None:
+    identity = {}
     try:
-        summary = train(cfg)
-    except Interrupted as stop:  # a preemption signal: checkpointed at this step; requeue and stop the process
-        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=f"Interrupted: {stop}").write(run_dir)
-        tracking.finish(exit_code=1, preempted=True)
+        identity = run_identity(cfg)
+        done = finished_run(cfg, run_dir, identity)
+        if done is not None:
+            log.info("%s: finished already (summary.json); skipped (resume=false trains it again)", run_dir)
+            return done.objective(cfg.get("optimized_metric"))
+        return train(cfg).objective(cfg.get("optimized_metric"))
+    except RunRefused:
+        raise
+    except (Interrupted, SIGTERMException) as caught:  # SIGTERMException: Lightning's own, should one get through
+        stop = caught if isinstance(caught, Interrupted) else signals.interrupted("in training (Lightning's stop)")
+        _record_failure(cfg, run_dir, identity, f"Interrupted: {stop}", preempted=stop.requeue)
         log.warning("Interrupted: %s", stop)
-        stop.hand_over()
+        if rank_zero_only.rank == 0:
+            stop.hand_over()
         sys.exit(f"interrupted: {stop}")
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
-        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=message).write(run_dir)
-        tracking.finish(exit_code=1)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # let the other jobs of the sweep run
-            log.error("Job failed: %s", message, exc_info=not isinstance(error, InputError))
+        _record_failure(cfg, run_dir, identity, message)
+        if signals.pending and rank_zero_only.rank == 0:  # it failed while stopping on a signal: hand over still
+            signals.interrupted().hand_over()
+        if multirun:  # let the other jobs of the sweep run
+            log.error("Job failed: %s", message, exc_info=not isinstance(error, OneLineError))
             return None
-        if isinstance(error, InputError):  # bad input: one clear line, no traceback
+        if isinstance(error, OneLineError):  # one clear line, no traceback
             log.error("%s", error)
             sys.exit(f"error: {error}")
         raise
-    return summary.objective(cfg.get("optimized_metric"))
+
+
+def _record_failure(cfg: DictConfig, run_dir: str, identity: dict, error: str, preempted: bool = False) -> None:
+    """summary.json says why the run stopped; the W&B run is closed (as preempted: to be resumed). Never raises:
+    a full disk or a dead W&B service must not hide the failure being recorded."""
+    try:
+        RunSummary(**identity_fields(cfg), beta=cfg.beta, status=FAILED, error=error, identity=identity).write(run_dir)
+    except Exception as failure:  # noqa: BLE001
+        log.warning("Could not write %s/summary.json (%s: %s)", run_dir, type(failure).__name__, failure)
+    tracking.finish(exit_code=1, preempted=preempted)

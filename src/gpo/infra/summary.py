@@ -7,13 +7,12 @@ schema, so none of them keeps its own list of keys.
 """
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from gpo.infra.files import atomic_write_text
 from gpo.infra.secrets import redact
 
 FILENAME = "summary.json"
@@ -38,6 +37,7 @@ class RunSummary:
     data: dict = field(default_factory=dict)  # per split: pairs kept, truncated, dropped; preference probabilities
     stages: dict = field(default_factory=dict)  # sft / reference: {"status": ..., "seconds": ...}
     resumed_from_step: int | None = None  # the checkpoint's step when the run continued one (gpo.training.resume)
+    identity: dict = field(default_factory=dict)  # the experiment it ran: fingerprint and keys (gpo.training.identity)
     wall_time_s: float | None = None
 
     @property
@@ -53,12 +53,7 @@ class RunSummary:
     def write(self, directory: str | Path) -> Path:
         """Atomically (temp file + rename): a reader never sees half a summary.
         Secrets (in overrides, the loss config, an error message) are masked."""
-        path = Path(directory) / FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{FILENAME}.", delete=False) as tmp:
-            json.dump(redact(asdict(self)), tmp, indent=2, default=float)
-        os.replace(tmp.name, path)
-        return path
+        return atomic_write_text(Path(directory) / FILENAME, json.dumps(redact(asdict(self)), indent=2, default=float))
 
     @classmethod
     def read(cls, path: str | Path) -> "RunSummary":

@@ -9,6 +9,7 @@ one room for everything W&B-specific.
 Other loggers (conf/logger/csv.yaml) pass through untouched.
 """
 
+import logging
 import os
 import secrets
 import string
@@ -21,6 +22,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from gpo.infra.config import instantiate
 from gpo.infra.secrets import redact, redacted_argv
+
+log = logging.getLogger(__name__)
 
 WANDB_ID = "wandb_id"  # in the run directory: the W&B run id, so a resumed run continues the same W&B run
 
@@ -79,9 +82,23 @@ def finish(exit_code: int = 0, preempted: bool = False) -> None:
     That also takes WANDB_SERVICE out of os.environ: left there, it hands the
     runs of every process started later from this one (a test's CLI
     subprocess) to this process's service, and their exit no longer waits for
-    their files. `preempted`: W&B marks the run preempted (to be resumed), not failed."""
-    if wandb.run is not None:
+    their files. `preempted`: W&B marks the run preempted (to be resumed), not failed.
+
+    Never raises: it runs on the way out of failed and interrupted runs too,
+    when the service may be gone (SLURM's requeue signals every process of the
+    job, W&B's service included: its socket then raises BrokenPipeError or
+    ConnectionResetError at once). What the run wrote locally is kept; the W&B
+    record may miss its end, said in a warning."""
+    run = wandb.run
+    if run is not None:
         if preempted:
-            wandb.run.mark_preempting()
-        wandb.finish(exit_code=exit_code)
-    wandb.teardown()
+            _attempt("mark the run preempted", run.mark_preempting)
+        _attempt("finish the run", lambda: wandb.finish(exit_code=exit_code))
+    _attempt("shut its service down", wandb.teardown)
+
+
+def _attempt(what: str, step) -> None:
+    try:
+        step()
+    except Exception as error:  # noqa: BLE001 (finish must not raise: see there)
+        log.warning("W&B: could not %s (%s: %s); the run's own files are kept", what, type(error).__name__, error)
