@@ -21,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from lightning_fabric.plugins.io import TorchCheckpointIO, torch_io
 
 from conftest import FAST, ROOT, SMALL_TASK, compose_train
-from gpo.infra.errors import InputError
+from gpo.infra import interrupts
+from gpo.infra.errors import InputError, RunError
 from gpo.infra.summary import RunSummary
 from gpo.run import train
 from gpo.training import AtomicCheckpointIO, CheckpointOnSignal, Interrupted
@@ -113,16 +114,18 @@ def test_a_run_killed_midway_resumes_to_the_same_final_metrics(tmp_path, uninter
     """SIGKILL after the step-4 checkpoint, mid-epoch; the same command resumes
     (optimizer, scheduler, step, data order, RNG, evaluation trajectory) and
     ends where the uninterrupted run ended. W&B continues the same run id."""
-    run_dir, marker = tmp_path / "run", tmp_path / "paused"
-    process = start(*RUN, f"hydra.run.dir={run_dir}", "+callbacks.pause._target_=test_resume.PauseAt",
-                    "+callbacks.pause.step=6", f"+callbacks.pause.marker={marker}")
+    run_dir, marker, release = tmp_path / "run", tmp_path / "paused", tmp_path / "release"
+    pause = ["+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=6",
+             f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}"]
+    process = start(*RUN, f"hydra.run.dir={run_dir}", *pause)
     wait_for(marker, process)
     process.kill()  # SIGKILL: no handler runs
     process.wait(timeout=60)
     assert checkpoint_step(run_dir) == 4 and not (run_dir / "summary.json").exists()
     first_id = (run_dir / "wandb_id").read_text()
 
-    resumed = train(compose_train(RUN, output_dir=run_dir))  # resume=auto: the directory's last.ckpt
+    release.touch()  # the same command (the same experiment), no longer pausing
+    resumed = train(compose_train([*RUN, *pause], output_dir=run_dir))  # resume=auto: the directory's last.ckpt
     assert resumed.status == "finished" and resumed.resumed_from_step == 4
     assert_same_run(resumed, uninterrupted)
     assert (run_dir / "wandb_id").read_text() == first_id
@@ -140,21 +143,21 @@ def test_preemption_signal_checkpoints_the_current_step_requeues_and_resumes(tmp
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
     (bin_dir / "scontrol").chmod(0o755)
-    process = start(*RUN, "logger=csv", f"hydra.run.dir={run_dir}",
-                    "+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=6",
-                    f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}",
+    pause = ["+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=6",
+             f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}"]
+    process = start(*RUN, "logger=csv", f"hydra.run.dir={run_dir}", *pause,
                     SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     wait_for(marker, process)
     process.send_signal(signal.SIGUSR1)
     release.touch()
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0 and "interrupted: SIGUSR1 at step 7" in stderr, stderr[-3000:]
+    assert process.returncode != 0 and "interrupted: SIGUSR1 in training step 7" in stderr, stderr[-3000:]
     assert checkpoint_step(run_dir) == 7
     record = RunSummary.read(run_dir)
-    assert record.status == "failed" and record.error.startswith("Interrupted: SIGUSR1 at step 7")
+    assert record.status == "failed" and record.error.startswith("Interrupted: SIGUSR1 in training step 7")
     assert requeues.read_text().split() == ["requeue", "4242"]
 
-    resumed = train(compose_train([*RUN, "logger=csv"], output_dir=run_dir))  # what the requeued job runs
+    resumed = train(compose_train([*RUN, "logger=csv", *pause], output_dir=run_dir))  # what the requeued job runs
     assert resumed.status == "finished" and resumed.resumed_from_step == 7
     assert_same_run(resumed, uninterrupted)
 
@@ -162,15 +165,14 @@ def test_preemption_signal_checkpoints_the_current_step_requeues_and_resumes(tmp
 def test_sigterm_in_process_checkpoints_stops_and_restores_the_handlers(tmp_path, uninterrupted):
     """SIGTERM (SLURM preemption; Lightning handles it too): same path, and the
     process's own SIGTERM handling is back once the run has stopped."""
-    before = signal.getsignal(signal.SIGTERM)
-    cfg = compose_train([*RUN, "logger=csv", "+callbacks.signal._target_=test_resume.SignalAt",
-                         "+callbacks.signal.step=9", f"+callbacks.signal.signum={int(signal.SIGTERM)}"],
-                        output_dir=tmp_path)
-    with pytest.raises(Interrupted, match="SIGTERM at step 10"):
-        train(cfg)
-    assert signal.getsignal(signal.SIGTERM) == before
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    command = [*RUN, "logger=csv", "+callbacks.signal._target_=test_resume.SignalAt", "+callbacks.signal.step=9",
+               f"+callbacks.signal.signum={int(signal.SIGTERM)}"]
+    with pytest.raises(Interrupted, match="SIGTERM in training step 10"):
+        train(compose_train(command, output_dir=tmp_path))
+    assert {signum: signal.getsignal(signum) for signum in before} == before
     assert checkpoint_step(tmp_path) == 10
-    resumed = train(compose_train([*RUN, "logger=csv"], output_dir=tmp_path))
+    resumed = train(compose_train(command, output_dir=tmp_path))  # the same command: SignalAt's step is behind it
     assert resumed.resumed_from_step == 10
     assert_same_run(resumed, uninterrupted)
 
@@ -225,11 +227,12 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_pat
 
     # The same failure under Lightning's own writer, which truncates the previous checkpoint first: none left.
     monkeypatch.setattr(torch_io, "_atomic_save", half_written)
-    for writer, name in [(AtomicCheckpointIO(), "atomic.ckpt"), (TorchCheckpointIO(), "lightning.ckpt")]:
+    for writer, name, error in [(AtomicCheckpointIO(), "atomic.ckpt", RunError),
+                                (TorchCheckpointIO(), "lightning.ckpt", OSError)]:
         monkeypatch.undo()
         writer.save_checkpoint({"step": torch.tensor(1)}, tmp_path / name)
         monkeypatch.setattr(torch_io, "_atomic_save", half_written)
-        with pytest.raises(OSError, match="No space"):
+        with pytest.raises(error, match="No space"):
             writer.save_checkpoint({"step": torch.tensor(2)}, tmp_path / name)
     monkeypatch.undo()
     assert int(torch.load(tmp_path / "atomic.ckpt", weights_only=True)["step"]) == 1
@@ -252,16 +255,18 @@ def multirun(sweep_dir, *overrides, wait=True):
 
 @pytest.mark.slow
 def test_a_sweep_run_again_skips_finished_jobs_resumes_interrupted_ones_and_runs_the_rest(tmp_path):
-    sweep, marker = tmp_path / "sweep", tmp_path / "paused"
-    grid = ["loss=dpo,ipo,slic", "~callbacks.sample_evaluation"]
-    process = multirun(sweep, *grid, "+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=3",
-                       "+callbacks.pause.job_num=1", f"+callbacks.pause.marker={marker}", wait=False)
+    sweep, marker, release = tmp_path / "sweep", tmp_path / "paused", tmp_path / "release"
+    grid = ["loss=dpo,ipo,slic", "~callbacks.sample_evaluation", "+callbacks.pause._target_=test_resume.PauseAt",
+            "+callbacks.pause.step=3", "+callbacks.pause.job_num=1", f"+callbacks.pause.marker={marker}",
+            f"+callbacks.pause.release={release}"]
+    process = multirun(sweep, *grid, wait=False)
     wait_for(marker, process)
     process.kill()  # the whole sweep dies in job 1, after its step-2 checkpoint
     process.wait(timeout=60)
     first = RunSummary.read(sweep / "0_dpo-beta0.1")
     assert checkpoint_step(sweep / "1_ipo-beta0.1") == 2 and not (sweep / "2_slic-beta0.1").exists()
 
+    release.touch()
     output = multirun(sweep, *grid)  # the same sweep, into the same directory
     assert "finished already (summary.json); skipped" in output
     assert RunSummary.read(sweep / "0_dpo-beta0.1") == first  # not run again
@@ -311,7 +316,16 @@ def test_the_optuna_preset_stopped_after_two_trials_resumes_to_the_full_count(tm
     assert results["best_value"] == pytest.approx(max(win_rates)) == pytest.approx(max(t.value for t in complete))
 
 
-def test_signal_callback_only_records_the_signal_until_a_step_ends():
-    callback = CheckpointOnSignal(signals=["SIGUSR2"])
-    callback._handle(signal.SIGUSR2, None)
-    assert callback.received == signal.SIGUSR2
+def test_a_signal_in_training_is_only_recorded_until_a_safe_point():
+    """Inside trainer.fit (deferred) the handler records; outside, it stops the stage where it is."""
+    with interrupts.handling() as signals:
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.01)  # Python runs the handler between bytecodes
+        assert signals.received == signal.SIGUSR2 and signals.pending
+        with pytest.raises(Interrupted, match="SIGUSR2 during the export; the same command resumes"):
+            signals.enter("during the export")
+    callback = CheckpointOnSignal(signals=["SIGUSR2"], requeue=False)
+    with interrupts.handling() as signals:
+        callback.setup(None, None, "fit")
+        assert signals.requeue_on == set()

@@ -105,6 +105,7 @@ def train(cfg: DictConfig) -> RunSummary:
             # weights_only: a resumed checkpoint is data, never code.
             trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
 
+        signals.enter("after training")  # a signal received since its last step: its final checkpoint is written
         signals.enter("during the export")
         summary = RunSummary(
             **identity_fields(cfg), beta=beta, beta_scale=beta_scale,
@@ -230,6 +231,6 @@ def _record_failure(cfg: DictConfig, run_dir: str, identity: dict, error: str, p
     a full disk or a dead W&B service must not hide the failure being recorded."""
     try:
         RunSummary(**identity_fields(cfg), beta=cfg.beta, status=FAILED, error=error, identity=identity).write(run_dir)
-    except Exception as failure:  # noqa: BLE001
+    except Exception as failure:
         log.warning("Could not write %s/summary.json (%s: %s)", run_dir, type(failure).__name__, failure)
     tracking.finish(exit_code=1, preempted=preempted)

@@ -29,12 +29,14 @@ def rows_text(rows: list[int]) -> str:
 
 
 def check_forms(dataset: Dataset, where: str) -> None:
-    """A text column holds text in every row, or lists of messages in every row, not both."""
+    """A text column holds text in every row, or lists of messages in every row, not both. (datasets reads
+    such a column as JSON values: its text rows may come back as numbers, " 4" as 4, so any value that is
+    not a list counts as text here.)"""
     for column in TEXT_COLUMNS:
         forms = defaultdict(list)
         for i, value in enumerate(dataset[column]):
-            if isinstance(value, (str, list)):
-                forms["text" if isinstance(value, str) else "lists of messages"].append(i)
+            if value is not None:
+                forms["lists of messages" if isinstance(value, list) else "text"].append(i)
         if len(forms) > 1:
             raise DataError(f"{where}: column '{column}' mixes text ({rows_text(forms['text'])}) and lists of messages "
                             f"({rows_text(forms['lists of messages'])}): give every row in one form")

@@ -73,7 +73,7 @@ class Interrupted(BaseException):  # noqa: N818 (what happened to the run, not a
                     log.info("Requeued SLURM job %s: it resumes from its last checkpoint", job)
                 else:
                     log.error("scontrol requeue %s failed (%s): re-run the job to resume", job, done.stderr.strip())
-        except Exception as error:  # noqa: BLE001 (the hand-over is the last thing a stopping job does)
+        except Exception as error:  # the hand-over is the last thing a stopping job does
             log.error("Requeue after %s failed (%s: %s): re-run the job to resume", name, type(error).__name__, error)
 
 

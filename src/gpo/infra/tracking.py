@@ -100,5 +100,5 @@ def finish(exit_code: int = 0, preempted: bool = False) -> None:
 def _attempt(what: str, step) -> None:
     try:
         step()
-    except Exception as error:  # noqa: BLE001 (finish must not raise: see there)
+    except Exception as error:  # finish must not raise: see there
         log.warning("W&B: could not %s (%s: %s); the run's own files are kept", what, type(error).__name__, error)

@@ -61,7 +61,7 @@ def load_checkpoint_file(path, **kwargs) -> dict:
         raise InputError(f"{path}: refused: it holds Python objects beyond tensors and plain data (loading them "
                          f"could run code), so no run of this project wrote it; {START_OVER}") from None
     except Exception as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+        detail = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else "no detail"
         raise InputError(f"{path}: cannot read the checkpoint ({type(error).__name__}: {detail}): it is truncated "
                          f"or damaged; {START_OVER}") from None
 

@@ -23,11 +23,13 @@ __all__ = ["CheckpointOnSignal", "Interrupted"]
 
 class CheckpointOnSignal(pl.Callback):
     """Stop a training run at a safe point after a signal, with last.ckpt at
-    that point: the end of the training step in progress (this callback comes
-    first in conf/callbacks, so the sample evaluation due at that step is left
-    to the resumed run, which does it before its first step), or of the
-    validation. A signal after the last step stops the run once the checkpoint
-    at the end of training is written (gpo.training.checkpoints.LastCheckpoint).
+    that point: the end of the training step in progress (the run stops once
+    Lightning has logged that step's metrics and run the validation due at
+    that step, if any), or of the validation in progress. A signal after the last step stops the run
+    once the checkpoint at the end of training is written
+    (gpo.training.checkpoints.LastCheckpoint). This callback comes first in
+    conf/callbacks: the sample evaluation due at the step it stops at is left
+    to the resumed run, which does it before its first step.
 
     `signals`: those a scheduler sends (SLURM: SIGUSR1 or the job's --signal
     before its time limit, SIGTERM on preemption and requeue; submitit:
@@ -40,12 +42,14 @@ class CheckpointOnSignal(pl.Callback):
         self.signals = {getattr(signal, name) if isinstance(name, str) else name for name in signals}
         self.requeue = requeue
         self._saved_step: int | None = None
+        self._stopping: Interrupted | None = None  # decided at a step's end, raised once the step is logged
 
     @property
     def handler(self) -> interrupts.InterruptHandler | None:
         return interrupts.active()
 
     def setup(self, trainer, pl_module, stage) -> None:
+        self._stopping = None
         if self.handler is not None:
             self.handler.requeue_on = self.signals if self.requeue else set()
 
@@ -58,23 +62,35 @@ class CheckpointOnSignal(pl.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._saved_step = trainer.global_step  # whoever saved it (ModelCheckpoint too)
 
-    def _stop_if_signalled(self, trainer, where: str) -> None:
+    def _checkpoint_if_signalled(self, trainer, where: str) -> Interrupted | None:
+        """last.ckpt at this step and the exception that stops the run, if a signal came (on any rank)."""
         signalled = self.handler is not None and self.handler.pending
-        if not trainer.strategy.reduce_boolean_decision(signalled, all=False):
-            return
-        if ends_training(trainer):
-            return  # the end-of-training evaluation and checkpoint come next; the run stops after them
+        if not trainer.strategy.reduce_boolean_decision(signalled, all=False) or ends_training(trainer):
+            return None  # at the end: the end-of-training evaluation and checkpoint come first
         path = checkpoint_path(trainer)
         if self._saved_step != trainer.global_step:
             trainer.save_checkpoint(path, weights_only=False)  # the whole training state
             log.warning("Saved %s at step %d", path, trainer.global_step)
-        if self.handler is None:  # another rank was signalled
-            raise Interrupted(signal.SIGTERM, where, path)
-        raise self.handler.interrupted(where, path)
+        if self.handler is None:  # outside a job's handler: another rank was signalled
+            return Interrupted(signal.SIGTERM, where, path)
+        return self.handler.interrupted(where, path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._stop_if_signalled(trainer, f"in training step {trainer.global_step}")
+        self._stopping = self._checkpoint_if_signalled(trainer, f"in training step {trainer.global_step}")
+
+    def _stop(self, *args, **kwargs) -> None:
+        """Where a run goes after a step's end and its logging: the next step, or the end."""
+        if self._stopping is not None:
+            raise self._stopping
+
+    on_train_batch_start = on_train_end = _stop
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self._stop_if_signalled(trainer, f"during the validation at step {trainer.global_step}")
+        """After the validation due at a step (part of the step's work; a resumed run skips it), or in which the
+        signal came: its metrics are logged by now."""
+        if trainer.sanity_checking:
+            return
+        if self._stopping is None:
+            self._stopping = self._checkpoint_if_signalled(trainer, f"during the validation at step "
+                                                                    f"{trainer.global_step}")
+        self._stop()

@@ -6,6 +6,7 @@ gpo.training.checkpoints."""
 
 import logging
 import shutil
+import zipfile
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -71,7 +72,7 @@ def checkpoint_identity(path: Path) -> dict | None:
     """The identity a checkpoint records (None: written by an older version), read
     without loading its tensors (mmap); InputError if it is unreadable, untrusted
     or holds non-finite weights (a damaged file that still loads)."""
-    checkpoint = load_checkpoint_file(path, map_location="cpu", mmap=True)
+    checkpoint = load_checkpoint_file(path, map_location="cpu", mmap=zipfile.is_zipfile(path))  # mmap: zip only
     damaged = non_finite(checkpoint.get("state_dict", {}))
     if damaged:
         raise InputError(f"{path}: {len(damaged)} weight tensor(s) hold NaN or Inf (e.g. {damaged[0]}): the "
