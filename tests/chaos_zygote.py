@@ -24,6 +24,7 @@ Moments (the n-th of this attempt, counted in the attempt's process):
 import io
 import json
 import os
+import runpy
 import signal
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 import torch  # noqa: E402
 from lightning_fabric.plugins.io import torch_io  # noqa: E402
 
-import train as entry  # noqa: E402  (src/train.py: imports gpo.run and everything it uses)
+import train  # noqa: E402, F401  (src/train.py's imports: gpo.run and everything it uses)
 from gpo.model import export  # noqa: E402
 from gpo.reference.references import CachedReference  # noqa: E402
 from gpo.reference.sft import SFTModule  # noqa: E402
@@ -131,7 +132,7 @@ def attempt(args: list[str], moment: str | None, n: int) -> str:
         try:
             arm(moment, n)
             sys.argv = [str(ROOT / "src" / "train.py"), *args]
-            entry.main()
+            runpy.run_path(sys.argv[0], run_name="__main__")  # python src/train.py <args>
         except SystemExit as stop:
             code = 0 if stop.code in (None, 0) else 1
         except BaseException:
