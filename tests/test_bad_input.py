@@ -216,6 +216,12 @@ def test_duplicated_pairs_are_counted_and_kept_out_of_validation(tmp_path, caplo
     assert splits["validation"]["dropped"]["also a training pair"] == 30 - len(validation) > 0
     assert "training pairs repeat an earlier one (kept)" in caplog.text
 
+    copies = _write_jsonl(tmp_path / "copies.jsonl", [GOOD_ROW] * 20)  # one pair, 20 times: nothing to validate on
+    with pytest.raises(DataError) as error:
+        instantiate_data(_jsonl_cfg(tmp_path, copies))
+    assert str(error.value).startswith(f"{copies} [validation]: all 2 held-out pairs are also training pairs")
+    in_readme(str(error.value), file=copies)
+
 
 def test_max_length_too_small_for_any_response_token(tmp_path):
     cfg = compose_train(["data.max_length=16", "data.max_prompt_length=16", "logger=csv"], output_dir=tmp_path)

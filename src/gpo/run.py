@@ -48,88 +48,87 @@ from gpo.training.resume import finished_run, resume_checkpoint
 log = logging.getLogger(__name__)
 
 
+@interrupts.handled  # a signal in any stage stops the run where it is (gpo.infra.interrupts)
 def train(cfg: DictConfig) -> RunSummary:
     start = time.perf_counter()
-    with interrupts.handling() as signals:  # the job's (run_job's), or this call's own
-        signals.enter("while starting")
-        check_config(cfg)
-        console.configure(cfg.get("verbose", False))
-        run_dir = HydraConfig.get().runtime.output_dir
-        identity = run_identity(cfg)
-        checkpoint = resume_checkpoint(cfg, run_dir, identity)
-        check_data_files(cfg.data)  # local files the config names: before the model (maybe from a hub) is fetched
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        devices = cfg.trainer.get("devices", 1)
-        threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
-                                isinstance(devices, int) else 1)
-        if threads:
-            torch.set_num_threads(threads)
+    interrupts.enter("while starting")
+    check_config(cfg)
+    console.configure(cfg.get("verbose", False))
+    run_dir = HydraConfig.get().runtime.output_dir
+    experiment = run_identity(cfg)
+    checkpoint = resume_checkpoint(cfg, run_dir, experiment)
+    check_data_files(cfg.data)  # local files the config names: before the model (maybe from a hub) is fetched
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    devices = cfg.trainer.get("devices", 1)
+    threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
+                            isinstance(devices, int) else 1)
+    if threads:
+        torch.set_num_threads(threads)
 
-        signals.enter("while loading the model")
-        build = instantiate(cfg.model.policy, _partial_=True)
-        policy, tokenizer = build()
-        signals.enter("during data preparation")
-        datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
-        datamodule.setup("fit")  # bad data fails here, before any compute
-        datamodule.check_trainable()
-        datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
-        logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
-        loss_fn = instantiate(cfg.loss)
-        initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
-                                cfg.trainer.accelerator, logprobs)
-        reference = (instantiate(cfg.reference, initial=initial, logprobs=logprobs) if loss_fn.needs_reference
-                     else NoReference(initial, logprobs))
-        # Before the SFT stage: bad input costs no compute.
-        reference.check(choice("loss", cfg), loss_fn.needs_reference, lora=cfg.model.get("lora") is not None)
-        signals.enter("during the SFT stage")
-        stages = {"sft": initial.prepare(policy)}
-        policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
-        if cfg.model.get("compile"):
-            compile_policy(policy)
-        signals.enter("during the reference log-probs")
-        stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
-        beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
+    interrupts.enter("while loading the model")
+    build = instantiate(cfg.model.policy, _partial_=True)
+    policy, tokenizer = build()
+    interrupts.enter("during data preparation")
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
+    datamodule.setup("fit")  # bad data fails here, before any compute
+    datamodule.check_trainable()
+    datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
+    logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
+    loss_fn = instantiate(cfg.loss)
+    initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
+                            cfg.trainer.accelerator, logprobs)
+    reference = (instantiate(cfg.reference, initial=initial, logprobs=logprobs) if loss_fn.needs_reference
+                 else NoReference(initial, logprobs))
+    # Before the SFT stage: bad input costs no compute.
+    reference.check(choice("loss", cfg), loss_fn.needs_reference, lora=cfg.model.get("lora") is not None)
+    interrupts.enter("during the SFT stage")
+    stages = {"sft": initial.prepare(policy)}
+    policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
+    if cfg.model.get("compile"):
+        compile_policy(policy)
+    interrupts.enter("during the reference log-probs")
+    stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
+    beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 
-        module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
-                           logprobs)
-        logger = tracking.make_logger(cfg.logger, run_dir)
-        record = RunRecord(identity)  # the identity and the metrics, in every checkpoint
-        trainer = instantiate(cfg.trainer, logger=logger, callbacks=[*instantiate(cfg.callbacks).values(), record])
-        tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
-        log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
-                 cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
-        if checkpoint is not None:
-            log.info("Resuming from %s", checkpoint)
-        signals.enter("in training")
-        with signals.deferred():  # a signal stops training at the end of a step (gpo.training.preemption)
-            # weights_only: a resumed checkpoint is data, never code.
-            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+    module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
+                       logprobs)
+    logger = tracking.make_logger(cfg.logger, run_dir)
+    record = RunRecord(experiment)  # the run's identity and its metrics, in every checkpoint
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[*instantiate(cfg.callbacks).values(), record])
+    tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
+    log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
+             cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
+    if checkpoint is not None:
+        log.info("Resuming from %s", checkpoint)
+    interrupts.enter("in training")
+    with interrupts.deferred():  # a signal stops training at the end of a step (gpo.training.preemption)
+        # weights_only: a resumed checkpoint is data, never code.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
 
-        signals.enter("after training")  # a signal received since its last step: its final checkpoint is written
-        signals.enter("during the export")
-        summary = RunSummary(
-            **identity_fields(cfg), beta=beta, beta_scale=beta_scale,
-            loss_config=OmegaConf.to_container(cfg.loss, resolve=True), theory=loss_fn.theory(),
-            metrics=dict(record.metrics), data=datamodule.summary(),
-            stages={name: asdict(s) for name, s in stages.items() if s is not None},
-            resumed_from_step=module.resumed_from_step, identity=identity,
-        )
-        for callback in trainer.callbacks:
-            if isinstance(callback, SummaryContributor):
-                callback.contribute(summary)
-        export = cfg.get("export") or {}
-        if trainer.is_global_zero and export.get("policy", False):  # under DDP every rank runs train()
-            exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False), trainer.strategy)
-            if exported is not None:
-                summary.stages["export"] = asdict(exported)
-        signals.enter("while writing the summary")
-        summary.wall_time_s = time.perf_counter() - start
-        if trainer.is_global_zero:  # rank 0's summary has the sample evaluation
-            summary.write(run_dir)
-            tracking.record_summary(logger, summary.metrics)
-        tracking.finish()  # the next job of a multirun in this process starts a fresh W&B run
-        report_outcome(summary.metrics)
-        return summary
+    interrupts.enter("after training")  # a signal received since its last step: its final checkpoint is written
+    interrupts.enter("during the export")
+    summary = RunSummary(
+        **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
+        theory=loss_fn.theory(), metrics=dict(record.metrics),  # the final ones, also of a run resumed at its end
+        data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
+        resumed_from_step=module.resumed_from_step, identity=experiment,
+    )
+    for callback in trainer.callbacks:
+        if isinstance(callback, SummaryContributor):
+            callback.contribute(summary)
+    export = cfg.get("export") or {}
+    if trainer.is_global_zero and export.get("policy", False):  # under DDP every rank runs train()
+        exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False), trainer.strategy)
+        if exported is not None:
+            summary.stages["export"] = asdict(exported)
+    interrupts.enter("while writing the summary")
+    summary.wall_time_s = time.perf_counter() - start
+    if trainer.is_global_zero:  # rank 0's summary has the sample evaluation
+        summary.write(run_dir)
+        tracking.record_summary(logger, summary.metrics)
+    tracking.finish()  # the next job of a multirun in this process starts a fresh W&B run
+    report_outcome(summary.metrics)
+    return summary
 
 
 def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
@@ -153,8 +152,7 @@ def choice(group: str, cfg: DictConfig) -> str:
     return "?"
 
 
-def identity_fields(cfg: DictConfig) -> dict:
-    """What a summary says about the run's config: the loss chosen, beta asked for, seed, overrides."""
+def identity(cfg: DictConfig) -> dict:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     return {"loss": choice("loss", cfg), "beta_requested": cfg.beta, "seed": cfg.seed, "overrides": overrides}
 
@@ -195,10 +193,10 @@ def run_job(cfg: DictConfig) -> float | None:
 
 
 def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.InterruptHandler) -> float | None:
-    identity = {}
+    experiment = {}
     try:
-        identity = run_identity(cfg)
-        done = finished_run(cfg, run_dir, identity)
+        experiment = run_identity(cfg)
+        done = finished_run(cfg, run_dir, experiment)
         if done is not None:
             log.info("%s: finished already (summary.json); skipped (resume=false trains it again)", run_dir)
             return done.objective(cfg.get("optimized_metric"))
@@ -207,30 +205,31 @@ def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.
         raise
     except (Interrupted, SIGTERMException) as caught:  # SIGTERMException: Lightning's own, should one get through
         stop = caught if isinstance(caught, Interrupted) else signals.interrupted("in training (Lightning's stop)")
-        _record_failure(cfg, run_dir, identity, f"Interrupted: {stop}", preempted=stop.requeue)
-        log.warning("Interrupted: %s", stop)
-        if rank_zero_only.rank == 0:
-            stop.hand_over()
-        sys.exit(f"interrupted: {stop}")
     except Exception as error:
-        message = f"{type(error).__name__}: {error}"
-        _record_failure(cfg, run_dir, identity, message)
-        if signals.pending and rank_zero_only.rank == 0:  # it failed while stopping on a signal: hand over still
-            signals.interrupted().hand_over()
-        if multirun:  # let the other jobs of the sweep run
-            log.error("Job failed: %s", message, exc_info=not isinstance(error, OneLineError))
-            return None
-        if isinstance(error, OneLineError):  # one clear line, no traceback
-            log.error("%s", error)
-            sys.exit(f"error: {error}")
-        raise
+        if signals.pending:  # it failed on its way to stopping (a W&B service the signal killed too, say)
+            stop = signals.interrupted(f"{signals.stage}, then {type(error).__name__}: {error}")
+        else:
+            message = f"{type(error).__name__}: {error}"
+            _record_failure(cfg, run_dir, experiment, message)
+            if multirun:  # let the other jobs of the sweep run
+                log.error("Job failed: %s", message, exc_info=not isinstance(error, OneLineError))
+                return None
+            if isinstance(error, OneLineError):  # one clear line, no traceback
+                log.error("%s", error)
+                sys.exit(f"error: {error}")
+            raise
+    _record_failure(cfg, run_dir, experiment, f"Interrupted: {stop}", preempted=stop.requeue)
+    log.warning("Interrupted: %s", stop)
+    if rank_zero_only.rank == 0:
+        stop.hand_over()  # a scheduler's signal: requeue (never raises)
+    sys.exit(f"interrupted: {stop}")
 
 
-def _record_failure(cfg: DictConfig, run_dir: str, identity: dict, error: str, preempted: bool = False) -> None:
+def _record_failure(cfg: DictConfig, run_dir: str, experiment: dict, error: str, preempted: bool = False) -> None:
     """summary.json says why the run stopped; the W&B run is closed (as preempted: to be resumed). Never raises:
     a full disk or a dead W&B service must not hide the failure being recorded."""
     try:
-        RunSummary(**identity_fields(cfg), beta=cfg.beta, status=FAILED, error=error, identity=identity).write(run_dir)
+        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=error, identity=experiment).write(run_dir)
     except Exception as failure:
         log.warning("Could not write %s/summary.json (%s: %s)", run_dir, type(failure).__name__, failure)
     tracking.finish(exit_code=1, preempted=preempted)

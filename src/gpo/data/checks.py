@@ -99,20 +99,26 @@ def _key(row: dict) -> str:
     return json.dumps([row[column] for column in TEXT_COLUMNS], sort_keys=True, default=str)
 
 
-def drop_leaks(train: Dataset, validation: Dataset, where: str) -> tuple[Dataset, dict[str, int]]:
-    """Validation without the pairs that are also training pairs (they would
-    score what the policy was trained on: a validation accuracy near 1 says
-    nothing), and how many pairs repeat: {"repeated_in_train": ...,
-    "dropped_from_validation": ...}. Repeats within training are kept (a
-    data set's own weighting), and warned about."""
+def drop_leaks(train: Dataset, validation: Dataset, where: str, held_out: bool) -> tuple[Dataset, dict[str, int]]:
+    """How many pairs repeat ({"repeated_in_train": ..., "also_in_train": ...})
+    and the validation split, without the pairs that are also training pairs
+    when it was `held_out` from the same data here (copies of a training pair
+    in it would score what the policy was trained on: a validation accuracy
+    near 1 that says nothing). A validation split the data gives is the data's
+    own: kept whole, the overlap warned about. Repeats within training are kept
+    (a data set's own weighting), and warned about."""
     seen = Counter(_key(row) for row in train.select_columns(list(TEXT_COLUMNS)))
     repeated = sum(count - 1 for count in seen.values())
     leaks = [i for i, row in enumerate(validation.select_columns(list(TEXT_COLUMNS))) if _key(row) in seen]
     if repeated or leaks:
         log.warning("%s: %d training pairs repeat an earlier one (kept); %d validation pairs are also training "
-                    "pairs (%s): dropped from validation", where, repeated, len(leaks), rows_text(leaks) if leaks
-                    else "none")
-    if leaks:
+                    "pairs (%s): %s", where, repeated, len(leaks), rows_text(leaks) if leaks else "none",
+                    "dropped from validation" if held_out else "kept (the data's own validation split)")
+    if leaks and held_out:
+        if len(leaks) == len(validation):
+            raise DataError(f"{where} [validation]: all {len(validation)} held-out pairs are also training pairs (the "
+                            "data repeats its pairs): nothing is left to validate on; remove the repeats, or give "
+                            "validation data of its own (data.source.validation_files)")
         leaked = set(leaks)
         validation = validation.select([i for i in range(len(validation)) if i not in leaked])
-    return validation, {"repeated_in_train": repeated, "dropped_from_validation": len(leaks)}
+    return validation, {"repeated_in_train": repeated, "also_in_train": len(leaks)}

@@ -171,18 +171,20 @@ class PreferenceDataModule(pl.LightningDataModule):
 
     def _prepare(self) -> None:
         data = self.source.preferences()
-        if isinstance(data, Dataset):  # checked whole, then a validation share held out
+        held_out = isinstance(data, Dataset)
+        if held_out:  # checked whole, then a validation share held out
             data = self._validate({"train": data})["train"]
             check_split_sizes(len(data), self.val_fraction, f"{self.source.description} [train]")
             split = data.train_test_split(test_size=self.val_fraction, seed=self.seed)
             data = {"train": split["train"], "validation": split["test"]}
         else:
             data = self._validate(data)
-        data["validation"], repeats = drop_leaks(data["train"], data["validation"], self.source.description)
-        self.report["train"]["repeated"] = repeats["repeated_in_train"]
-        if repeats["dropped_from_validation"]:
+        data["validation"], repeats = drop_leaks(data["train"], data["validation"], self.source.description, held_out)
+        if repeats["repeated_in_train"]:
+            self.report["train"]["repeated"] = repeats["repeated_in_train"]
+        if held_out and repeats["also_in_train"]:
             self.report.setdefault("validation", {}).setdefault("dropped", {})["also a training pair"] = (
-                repeats["dropped_from_validation"])
+                repeats["also_in_train"])
         where = {name: f"{self.source.description} [{name}]" for name in data}
         self.text = {name: render_conversations(split, self.tokenizer, where[name], self.num_proc)
                      for name, split in data.items()}

@@ -20,12 +20,13 @@ library's retry) takes it for a failure of its own. What happens next (the
 record, the W&B run, the requeue) is gpo.run.run_job's.
 """
 
+import functools
 import logging
 import os
 import signal
 import subprocess
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -170,3 +171,23 @@ def handling():
     finally:
         _ACTIVE.pop()
         handler.uninstall()
+
+
+def handled(function):
+    """`function` runs under the job's handler (`handling()`)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with handling():
+            return function(*args, **kwargs)
+    return wrapper
+
+
+def enter(stage: str) -> None:
+    """The active handler's `enter` (nothing outside a job)."""
+    if _ACTIVE:
+        _ACTIVE[-1].enter(stage)
+
+
+def deferred():
+    """The active handler's `deferred` (nothing outside a job)."""
+    return _ACTIVE[-1].deferred() if _ACTIVE else nullcontext()

@@ -1,6 +1,8 @@
 """The run's W&B record, through Lightning's WandbLogger (conf/logger/wandb.yaml):
 one room for everything W&B-specific.
 
+    WandbLogger                                 # Lightning's; a dead W&B service costs the record, not the run
+
     logger = make_logger(cfg.logger, run_dir)   # continues this run directory's W&B run
     record_config(logger, config)               # secrets masked (config and command line)
     record_summary(logger, metrics)             # the run summary's metrics in the W&B summary
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import wandb
 from omegaconf import DictConfig
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from gpo.infra.config import instantiate
@@ -26,6 +28,32 @@ from gpo.infra.secrets import redact, redacted_argv
 log = logging.getLogger(__name__)
 
 WANDB_ID = "wandb_id"  # in the run directory: the W&B run id, so a resumed run continues the same W&B run
+SERVICE_GONE = (BrokenPipeError, ConnectionError)  # what W&B's socket raises once its service process died
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's WandbLogger, except that losing W&B's service mid-run (a
+    process of its own, which SLURM's requeue signals with the job) costs the
+    W&B record, not the run: the first failed call is a warning, later ones
+    are skipped; the run's checkpoints and summary.json are its record."""
+
+    _service_gone = False
+
+    def _guarded(self, call, *args, **kwargs):
+        if self._service_gone:
+            return None
+        try:
+            return call(*args, **kwargs)
+        except SERVICE_GONE as error:
+            self._service_gone = True
+            log.warning("W&B: its service is gone (%s: %s); the run goes on without it", type(error).__name__, error)
+            return None
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self._guarded(super().log_metrics, metrics, step)
+
+    def log_table(self, *args, **kwargs) -> None:
+        self._guarded(super().log_table, *args, **kwargs)
 
 
 def new_run_id() -> str:
@@ -69,6 +97,8 @@ def record_config(logger, config: dict) -> None:
 def record_summary(logger, metrics: dict) -> None:
     """The run summary's metrics (the final values, the sample evaluation) in the W&B run summary."""
     if isinstance(logger, WandbLogger):
+        logger._guarded(lambda: logger.experiment.summary.update(metrics))
+    elif isinstance(logger, LightningWandbLogger):
         logger.experiment.summary.update(metrics)
 
 
