@@ -24,7 +24,7 @@ from conftest import FAST, ROOT, SMALL_TASK, compose_train
 from gpo.infra import interrupts
 from gpo.infra.errors import InputError, RunError
 from gpo.infra.summary import RunSummary
-from gpo.run import train
+from gpo.run import run_job, train
 from gpo.training import AtomicCheckpointIO, CheckpointOnSignal, Interrupted
 from wandb_records import find_runs
 
@@ -174,6 +174,33 @@ def test_sigterm_in_process_checkpoints_stops_and_restores_the_handlers(tmp_path
     assert checkpoint_step(tmp_path) == 10
     resumed = train(compose_train(command, output_dir=tmp_path))  # the same command: SignalAt's step is behind it
     assert resumed.resumed_from_step == 10
+    assert_same_run(resumed, uninterrupted)
+
+
+def test_ctrl_c_checkpoints_the_current_step_records_it_exits_non_zero_and_resumes(tmp_path, uninterrupted,
+                                                                                     monkeypatch):
+    """SIGINT as SIGTERM: the step in progress ends, last.ckpt at that step, a record and a line saying where,
+    exit status 1 (a message to sys.exit), no requeue (a person's signal, even under SLURM); the same command
+    resumes to the uninterrupted run's metrics. (What the CLI prints is this line: run_job is its job.)"""
+    bin_dir, requeues = tmp_path / "bin", tmp_path / "scontrol.log"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    before = signal.getsignal(signal.SIGINT)
+    command = [*RUN, "logger=csv", "+callbacks.signal._target_=test_resume.SignalAt", "+callbacks.signal.step=5",
+               f"+callbacks.signal.signum={int(signal.SIGINT)}"]
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        run_job(compose_train(command, output_dir=run_dir))
+    assert str(exit_.value.code) == (f"interrupted: SIGINT in training step 6; checkpoint saved "
+                                     f"({run_dir / 'checkpoints' / 'last.ckpt'}): the same command resumes from it")
+    assert checkpoint_step(run_dir) == 6 and signal.getsignal(signal.SIGINT) == before
+    assert RunSummary.read(run_dir).error == f"Interrupted: {str(exit_.value.code).split(': ', 1)[1]}"
+    assert not requeues.exists()
+    resumed = train(compose_train(command, output_dir=run_dir))
+    assert resumed.resumed_from_step == 6
     assert_same_run(resumed, uninterrupted)
 
 

@@ -114,6 +114,7 @@ class DiskCache:
                 shutil.rmtree(leftover, ignore_errors=True)
             log.info("Removed %s, left by a build that was killed", leftover)
 
+
 META = "meta.json"
 TMP = ".tmp-"
 
