@@ -46,9 +46,12 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def half_written(data: bytes, path) -> None:
+def half_written(obj, path, save=torch.save) -> None:
+    """Write the first half of `obj` serialised to `path`, and die: a kill in the middle of a write."""
+    buffer = io.BytesIO()
+    save(obj, buffer)
     with open(path, "wb") as handle:
-        handle.write(data[: len(data) // 2])
+        handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
         handle.flush()
     die()
 
@@ -75,9 +78,7 @@ def arm(moment: str, n: int) -> None:
 
         def save(obj, f, *args, **kwargs):
             if isinstance(f, (str, os.PathLike)) and Path(f).name == name and due():
-                buffer = io.BytesIO()
-                original_save(obj, buffer)
-                half_written(buffer.getvalue(), f)
+                half_written(obj, f, original_save)
             return original_save(obj, f, *args, **kwargs)
 
         torch.save = save
@@ -105,9 +106,7 @@ def arm(moment: str, n: int) -> None:
 
         def atomic_save(checkpoint, path):
             if due():
-                buffer = io.BytesIO()
-                torch.save(checkpoint, buffer)
-                half_written(buffer.getvalue(), path)
+                half_written(checkpoint, path)
             return original_atomic_save(checkpoint, path)
 
         torch_io._atomic_save = atomic_save

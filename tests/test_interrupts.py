@@ -14,7 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import wandb
-from test_resume import env, start, wait_for
+from test_resume import env, fake_scontrol, start, wait_for
 
 from catalogue import in_readme
 from conftest import FAST, SMALL_TASK, compose_train
@@ -101,11 +101,8 @@ def test_a_signal_in_any_stage_stops_with_a_record_where_and_a_checkpoint_once_t
 def test_a_dead_wandb_service_does_not_stop_the_requeue(tmp_path, monkeypatch):
     """SLURM's requeue signals every process of the job, W&B's service too: marking the run preempted then
     raises BrokenPipeError. The record, the requeue and the exit happen all the same."""
-    bin_dir, requeues = tmp_path / "bin", tmp_path / "scontrol.log"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path, requeues = fake_scontrol(tmp_path)
+    monkeypatch.setenv("PATH", path)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
 
     def broken_pipe(self):
@@ -163,14 +160,11 @@ def test_sigterm_in_validation_with_a_dead_wandb_service_exits_non_zero_checkpoi
     own SIGTERM handling used to exit 0 from there) and to W&B's service process (killed). The run stops
     promptly, non-zero, with its record and a checkpoint at that step, and the requeue runs."""
     run_dir, marker, release = tmp_path / "run", tmp_path / "paused", tmp_path / "release"
-    bin_dir, requeues = tmp_path / "bin", tmp_path / "scontrol.log"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
-    (bin_dir / "scontrol").chmod(0o755)
+    path, requeues = fake_scontrol(tmp_path)
     process = start(*RUN[1:], "num_threads=1", f"hydra.run.dir={run_dir}",
                     "+callbacks.pause._target_=test_interrupts.PauseInValidation", "+callbacks.pause.step=4",
                     f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}",
-                    SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+                    SLURM_JOB_ID="4242", PATH=path)
     wait_for(marker, process)
     services = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "wandb-core"], capture_output=True,
                               text=True).stdout.split()

@@ -76,6 +76,15 @@ def start(*args, **extra_env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def fake_scontrol(tmp_path) -> tuple[str, Path]:
+    """A `scontrol` that records its arguments: (a PATH that finds it first, the file it writes)."""
+    bin_dir, requeues = tmp_path / "bin", tmp_path / "scontrol.log"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}", requeues
+
+
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300):
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -139,14 +148,11 @@ def test_preemption_signal_checkpoints_the_current_step_requeues_and_resumes(tmp
     stops with a record and requeues itself (scontrol, faked here); the
     requeued job resumes from step 7 to the uninterrupted run's metrics."""
     run_dir, marker, release = tmp_path / "run", tmp_path / "paused", tmp_path / "release"
-    bin_dir, requeues = tmp_path / "bin", tmp_path / "scontrol.log"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
-    (bin_dir / "scontrol").chmod(0o755)
+    path, requeues = fake_scontrol(tmp_path)
     pause = ["+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=6",
              f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}"]
     process = start(*RUN, "logger=csv", f"hydra.run.dir={run_dir}", *pause,
-                    SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+                    SLURM_JOB_ID="4242", PATH=path)
     wait_for(marker, process)
     process.send_signal(signal.SIGUSR1)
     release.touch()
@@ -182,11 +188,8 @@ def test_ctrl_c_checkpoints_the_current_step_records_it_exits_non_zero_and_resum
     """SIGINT as SIGTERM: the step in progress ends, last.ckpt at that step, a record and a line saying where,
     exit status 1 (a message to sys.exit), no requeue (a person's signal, even under SLURM); the same command
     resumes to the uninterrupted run's metrics. (What the CLI prints is this line: run_job is its job.)"""
-    bin_dir, requeues = tmp_path / "bin", tmp_path / "scontrol.log"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path, requeues = fake_scontrol(tmp_path)
+    monkeypatch.setenv("PATH", path)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     before = signal.getsignal(signal.SIGINT)
     command = [*RUN, "logger=csv", "+callbacks.signal._target_=test_resume.SignalAt", "+callbacks.signal.step=5",
