@@ -132,7 +132,7 @@ def test_reward_model_gold_rejects_bad_label(tiny_reward_model):
 
 def test_untrained_policy_has_zero_kl_and_even_win_rate_then_training_moves_it(tmp_path):
     # lr = 0: the policy stays the reference, through the whole real pipeline.
-    still = train(compose_train(SMALL + ["optimizer.lr=0", "trainer.max_steps=2"],
+    still = train(compose_train(SMALL + ["optimizer.lr=0", "allow_zero_lr=true", "trainer.max_steps=2"],
                                 output_dir=tmp_path / "still")).metrics
     assert still["eval/kl"] == pytest.approx(0.0, abs=1e-4)
     assert abs(still["eval/win_rate"] - 0.5) < 3 * still["eval/win_rate_stderr"]

@@ -175,7 +175,7 @@ def test_generic_preferences_map_columns_in_text_and_conversational_forms(tmp_pa
 
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": [{"role": "assistant", "content": " "}],
                                                 "rejected": [{"role": "assistant", "content": "r"}]}])
-    with pytest.raises(DataError, match=r"bad\.jsonl.*row 0: 'chosen' message 0 \(assistant\) has empty content"):
+    with pytest.raises(DataError, match=r"bad\.jsonl.*row 0: 'chosen' has a message with empty content \(assistant\)"):
         datamodule(Preferences(path=str(bad)), chat_tokenizer(), strict=True)
     with pytest.raises(DataError, match=r"missing column\(s\) \['question'\]"):
         Preferences(path=str(bad), prompt_column="question").preferences()

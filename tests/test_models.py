@@ -63,7 +63,10 @@ def samples_table(run_dir):
 
 
 def test_saved_model_trains_on_conversational_data_through_the_hf_option(tmp_path, saved_model):
-    data = write_jsonl(tmp_path / "uf.jsonl", ULTRA[:2] * 10)
+    # 20 distinct pairs (copies of a pair would be dropped from the held-out validation share: they are training pairs)
+    rows = [json.loads(json.dumps(ULTRA[i % 2]).replace('"Hi"', f'"Hi {i}"').replace("2+2?", f"2+{i}?"))
+            for i in range(20)]
+    data = write_jsonl(tmp_path / "uf.jsonl", rows)
     cfg = compose_train(hf_overrides(saved_model, "data=ultrafeedback_binarized", f"data.source.path={data}",
                                      "data.val_fraction=0.2", "data.num_proc=null"), output_dir=tmp_path)
     summary = train(cfg)

@@ -22,9 +22,10 @@ from hydra.core.hydra_config import HydraConfig
 from lightning_fabric.plugins.io import TorchCheckpointIO, torch_io
 
 from conftest import FAST, ROOT, SMALL_TASK, compose_train
-from gpo.infra.errors import InputError
+from gpo.infra import interrupts
+from gpo.infra.errors import InputError, RunError
 from gpo.infra.summary import RunSummary
-from gpo.run import train
+from gpo.run import run_job, train
 from gpo.training import AtomicCheckpointIO, CheckpointOnSignal, Interrupted
 from gpo.training.resume import earlier_segments
 from wandb_records import find_runs
@@ -77,6 +78,15 @@ def start(*args, **extra_env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def fake_scontrol(tmp_path) -> tuple[str, Path]:
+    """A `scontrol` that records its arguments: (a PATH that finds it first, the file it writes)."""
+    bin_dir, requeues = tmp_path / "bin", tmp_path / "scontrol.log"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}", requeues
+
+
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300):
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -115,16 +125,18 @@ def test_a_run_killed_midway_resumes_to_the_same_final_metrics(tmp_path, uninter
     """SIGKILL after the step-4 checkpoint, mid-epoch; the same command resumes
     (optimizer, scheduler, step, data order, RNG, evaluation trajectory) and
     ends where the uninterrupted run ended. W&B continues the same run id."""
-    run_dir, marker = tmp_path / "run", tmp_path / "paused"
-    process = start(*RUN, f"hydra.run.dir={run_dir}", "+callbacks.pause._target_=test_resume.PauseAt",
-                    "+callbacks.pause.step=6", f"+callbacks.pause.marker={marker}")
+    run_dir, marker, release = tmp_path / "run", tmp_path / "paused", tmp_path / "release"
+    pause = ["+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=6",
+             f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}"]
+    process = start(*RUN, f"hydra.run.dir={run_dir}", *pause)
     wait_for(marker, process)
     process.kill()  # SIGKILL: no handler runs
     process.wait(timeout=60)
     assert checkpoint_step(run_dir) == 4 and not (run_dir / "summary.json").exists()
     first_id = (run_dir / "wandb_id").read_text()
 
-    resumed = train(compose_train(RUN, output_dir=run_dir))  # resume=auto: the directory's last.ckpt
+    release.touch()  # the same command (the same experiment), no longer pausing
+    resumed = train(compose_train([*RUN, *pause], output_dir=run_dir))  # resume=auto: the directory's last.ckpt
     assert resumed.status == "finished" and resumed.resumed_from_step == 4
     assert_same_run(resumed, uninterrupted)
     assert (run_dir / "wandb_id").read_text() == first_id
@@ -138,25 +150,22 @@ def test_preemption_signal_checkpoints_the_current_step_requeues_and_resumes(tmp
     stops with a record and requeues itself (scontrol, faked here); the
     requeued job resumes from step 7 to the uninterrupted run's metrics."""
     run_dir, marker, release = tmp_path / "run", tmp_path / "paused", tmp_path / "release"
-    bin_dir, requeues = tmp_path / "bin", tmp_path / "scontrol.log"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    process = start(*RUN, "logger=csv", f"hydra.run.dir={run_dir}",
-                    "+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=6",
-                    f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}",
-                    SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path, requeues = fake_scontrol(tmp_path)
+    pause = ["+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=6",
+             f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}"]
+    process = start(*RUN, "logger=csv", f"hydra.run.dir={run_dir}", *pause,
+                    SLURM_JOB_ID="4242", PATH=path)
     wait_for(marker, process)
     process.send_signal(signal.SIGUSR1)
     release.touch()
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0 and "interrupted: SIGUSR1 at step 7" in stderr, stderr[-3000:]
+    assert process.returncode != 0 and "interrupted: SIGUSR1 in training step 7" in stderr, stderr[-3000:]
     assert checkpoint_step(run_dir) == 7
     record = RunSummary.read(run_dir)
-    assert record.status == "failed" and record.error.startswith("Interrupted: SIGUSR1 at step 7")
+    assert record.status == "failed" and record.error.startswith("Interrupted: SIGUSR1 in training step 7")
     assert requeues.read_text().split() == ["requeue", "4242"]
 
-    resumed = train(compose_train([*RUN, "logger=csv"], output_dir=run_dir))  # what the requeued job runs
+    resumed = train(compose_train([*RUN, "logger=csv", *pause], output_dir=run_dir))  # what the requeued job runs
     assert resumed.status == "finished" and resumed.resumed_from_step == 7
     assert_same_run(resumed, uninterrupted)
 
@@ -173,10 +182,10 @@ def test_sigterm_to_every_process_of_the_job_kills_wandb_yet_the_run_hands_over_
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requeues}\n')
     (bin_dir / "scontrol").chmod(0o755)
-    process = start(*RUN, f"hydra.run.dir={run_dir}", "+callbacks.pause._target_=test_resume.PauseAt",
-                    "+callbacks.pause.step=6", f"+callbacks.pause.marker={marker}",
-                    f"+callbacks.pause.release={release}",
-                    SLURM_JOB_ID="4243", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    pause = ["+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=6",
+             f"+callbacks.pause.marker={marker}", f"+callbacks.pause.release={release}"]
+    process = start(*RUN, f"hydra.run.dir={run_dir}", *pause, SLURM_JOB_ID="4243",
+                    PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     wait_for(marker, process)
     job = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
     assert any("wandb" in p.name() for p in job)  # W&B's service (in a session of its own), which SLURM finds too
@@ -187,13 +196,14 @@ def test_sigterm_to_every_process_of_the_job_kills_wandb_yet_the_run_hands_over_
     released = time.monotonic()
     _, stderr = process.communicate(timeout=120)
     seconds = time.monotonic() - released
-    assert process.returncode == 1 and stderr.strip().splitlines()[-1].startswith("interrupted: SIGTERM at step 7")
+    last_line = stderr.strip().splitlines()[-1]
+    assert process.returncode == 1 and last_line.startswith("interrupted: SIGTERM in training step 7")
     assert "Traceback" not in stderr, stderr[-3000:]
     assert seconds < 30, f"{seconds:.0f} s from the end of the step to the exit: SLURM's KillWait would SIGKILL it"
     assert requeues.read_text().split() == ["requeue", "4243"] and checkpoint_step(run_dir) == 7
-    assert RunSummary.read(run_dir).error.startswith("Interrupted: SIGTERM at step 7")
+    assert RunSummary.read(run_dir).error.startswith("Interrupted: SIGTERM in training step 7")
 
-    resumed = train(compose_train(RUN, output_dir=run_dir))  # what the requeued job runs
+    resumed = train(compose_train([*RUN, *pause], output_dir=run_dir))  # the requeued job: the same command
     assert resumed.finished and resumed.resumed_from_step == 7
     assert_same_run(resumed, uninterrupted)
 
@@ -201,17 +211,16 @@ def test_sigterm_to_every_process_of_the_job_kills_wandb_yet_the_run_hands_over_
 def test_sigterm_in_process_checkpoints_stops_and_restores_the_handlers(tmp_path, uninterrupted):
     """SIGTERM (SLURM preemption; Lightning handles it too): same path, and the
     process's own SIGTERM handling is back once the run has stopped."""
-    before = signal.getsignal(signal.SIGTERM)
-    cfg = compose_train([*RUN, "logger=csv", "+callbacks.signal._target_=test_resume.SignalAt",
-                         "+callbacks.signal.step=9", f"+callbacks.signal.signum={int(signal.SIGTERM)}"],
-                        output_dir=tmp_path)
-    with pytest.raises(Interrupted, match="SIGTERM at step 10"):
-        train(cfg)
-    assert signal.getsignal(signal.SIGTERM) == before
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    command = [*RUN, "logger=csv", "+callbacks.signal._target_=test_resume.SignalAt", "+callbacks.signal.step=9",
+               f"+callbacks.signal.signum={int(signal.SIGTERM)}"]
+    with pytest.raises(SystemExit, match="interrupted: SIGTERM in training step 10"):
+        run_job(compose_train(command, output_dir=tmp_path))  # run_job records the stop (train raises Interrupted)
+    assert {signum: signal.getsignal(signum) for signum in before} == before
     assert checkpoint_step(tmp_path) == 10
     stopped = RunSummary.read(tmp_path)
-    assert stopped.status == "failed" and stopped.error.startswith("Interrupted: SIGTERM at step 10")
-    resumed = train(compose_train([*RUN, "logger=csv"], output_dir=tmp_path))
+    assert stopped.status == "failed" and stopped.error.startswith("Interrupted: SIGTERM in training step 10")
+    resumed = train(compose_train(command, output_dir=tmp_path))  # the same command: SignalAt's step is behind it
     assert resumed.resumed_from_step == 10
     assert_same_run(resumed, uninterrupted)
     # The run's wall time is both parts', each as its process recorded it (a requeued run's is not its last part's).
@@ -222,6 +231,30 @@ def test_sigterm_in_process_checkpoints_stops_and_restores_the_handlers(tmp_path
     # Starting over is a new run: no earlier parts.
     assert earlier_segments(compose_train([*RUN, "resume=false"]), tmp_path) == []
     assert len(earlier_segments(compose_train(RUN), tmp_path)) == 2
+
+
+def test_ctrl_c_checkpoints_the_current_step_records_it_exits_non_zero_and_resumes(tmp_path, uninterrupted,
+                                                                                     monkeypatch):
+    """SIGINT as SIGTERM: the step in progress ends, last.ckpt at that step, a record and a line saying where,
+    exit status 1 (a message to sys.exit), no requeue (a person's signal, even under SLURM); the same command
+    resumes to the uninterrupted run's metrics. (What the CLI prints is this line: run_job is its job.)"""
+    path, requeues = fake_scontrol(tmp_path)
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    before = signal.getsignal(signal.SIGINT)
+    command = [*RUN, "logger=csv", "+callbacks.signal._target_=test_resume.SignalAt", "+callbacks.signal.step=5",
+               f"+callbacks.signal.signum={int(signal.SIGINT)}"]
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        run_job(compose_train(command, output_dir=run_dir))
+    assert str(exit_.value.code) == (f"interrupted: SIGINT in training step 6; checkpoint saved "
+                                     f"({run_dir / 'checkpoints' / 'last.ckpt'}): the same command resumes from it")
+    assert checkpoint_step(run_dir) == 6 and signal.getsignal(signal.SIGINT) == before
+    assert RunSummary.read(run_dir).error == f"Interrupted: {str(exit_.value.code).split(': ', 1)[1]}"
+    assert not requeues.exists()
+    resumed = train(compose_train(command, output_dir=run_dir))
+    assert resumed.resumed_from_step == 6
+    assert_same_run(resumed, uninterrupted)
 
 
 def test_resume_false_starts_over_and_a_named_run_without_checkpoint_is_an_error(tmp_path):
@@ -274,11 +307,12 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_pat
 
     # The same failure under Lightning's own writer, which truncates the previous checkpoint first: none left.
     monkeypatch.setattr(torch_io, "_atomic_save", half_written)
-    for writer, name in [(AtomicCheckpointIO(), "atomic.ckpt"), (TorchCheckpointIO(), "lightning.ckpt")]:
+    for writer, name, error in [(AtomicCheckpointIO(), "atomic.ckpt", RunError),
+                                (TorchCheckpointIO(), "lightning.ckpt", OSError)]:
         monkeypatch.undo()
         writer.save_checkpoint({"step": torch.tensor(1)}, tmp_path / name)
         monkeypatch.setattr(torch_io, "_atomic_save", half_written)
-        with pytest.raises(OSError, match="No space"):
+        with pytest.raises(error, match="No space"):
             writer.save_checkpoint({"step": torch.tensor(2)}, tmp_path / name)
     monkeypatch.undo()
     assert int(torch.load(tmp_path / "atomic.ckpt", weights_only=True)["step"]) == 1
@@ -301,16 +335,18 @@ def multirun(sweep_dir, *overrides, wait=True):
 
 @pytest.mark.slow
 def test_a_sweep_run_again_skips_finished_jobs_resumes_interrupted_ones_and_runs_the_rest(tmp_path):
-    sweep, marker = tmp_path / "sweep", tmp_path / "paused"
-    grid = ["loss=dpo,ipo,slic", "~callbacks.sample_evaluation"]
-    process = multirun(sweep, *grid, "+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=3",
-                       "+callbacks.pause.job_num=1", f"+callbacks.pause.marker={marker}", wait=False)
+    sweep, marker, release = tmp_path / "sweep", tmp_path / "paused", tmp_path / "release"
+    grid = ["loss=dpo,ipo,slic", "~callbacks.sample_evaluation", "+callbacks.pause._target_=test_resume.PauseAt",
+            "+callbacks.pause.step=3", "+callbacks.pause.job_num=1", f"+callbacks.pause.marker={marker}",
+            f"+callbacks.pause.release={release}"]
+    process = multirun(sweep, *grid, wait=False)
     wait_for(marker, process)
     process.kill()  # the whole sweep dies in job 1, after its step-2 checkpoint
     process.wait(timeout=60)
     first = RunSummary.read(sweep / "0_dpo-beta0.1")
     assert checkpoint_step(sweep / "1_ipo-beta0.1") == 2 and not (sweep / "2_slic-beta0.1").exists()
 
+    release.touch()
     output = multirun(sweep, *grid)  # the same sweep, into the same directory
     assert "finished already (summary.json); skipped" in output
     assert RunSummary.read(sweep / "0_dpo-beta0.1") == first  # not run again
@@ -360,7 +396,16 @@ def test_the_optuna_preset_stopped_after_two_trials_resumes_to_the_full_count(tm
     assert results["best_value"] == pytest.approx(max(win_rates)) == pytest.approx(max(t.value for t in complete))
 
 
-def test_signal_callback_only_records_the_signal_until_a_step_ends():
-    callback = CheckpointOnSignal(signals=["SIGUSR2"])
-    callback._handle(signal.SIGUSR2, None)
-    assert callback.received == signal.SIGUSR2
+def test_a_signal_in_training_is_only_recorded_until_a_safe_point():
+    """Inside trainer.fit (deferred) the handler records; outside, it stops the stage where it is."""
+    with interrupts.handling() as signals:
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.01)  # Python runs the handler between bytecodes
+        assert signals.received == signal.SIGUSR2 and signals.pending
+        with pytest.raises(Interrupted, match="SIGUSR2 during the export; the same command resumes"):
+            signals.enter("during the export")
+    callback = CheckpointOnSignal(signals=["SIGUSR2"], requeue=False)
+    with interrupts.handling() as signals:
+        callback.setup(None, None, "fit")
+        assert signals.requeue_on == set()

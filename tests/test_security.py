@@ -64,3 +64,29 @@ def test_every_torch_load_is_weights_only():
             for match in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", path.read_text()):
                 calls.append((str(path.relative_to(ROOT)), match.group(0)))
     assert calls and [c for c in calls if "weights_only=True" not in c[1]] == []
+
+
+# What the masking covers: (key, value) -> masked? A key naming a secret masks any value; a value that looks
+# like a token is masked under any key, inside text too.
+MASKED = [
+    ("token", "abc"), ("hf_token", "abc"), ("api_key", "abc"), ("apikey", "abc"), ("wandb_key", "abc"),
+    ("WANDB_API_KEY", "abc"), ("password", "abc"), ("passwd", "abc"), ("passphrase", "abc"), ("secret", "abc"),
+    ("client_secret", "abc"), ("credentials", "abc"), ("private_key", "abc"), ("access_key", "abc"), ("auth", "abc"),
+    ("bearer", "abc"), ("notes", "hf_a1B2c3D4"), ("notes", HF), ("notes", SK), ("url", "https://x/?k=ghp_" + "a" * 24),
+    ("header", "Authorization: Bearer eyJhbGciOi.x-y_z"), ("aws", "AKIA" + "A" * 16),
+]
+KEPT = [
+    ("pad_token", "<pad>"), ("eos_token", "</s>"), ("max_new_tokens", 16), ("cache_key", "3f148ef69186aa02"),
+    ("tokenizer", "char"), ("notes", "hf_transfer"), ("notes", "hf_datasets"), ("bearer", None), ("token", ""),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), MASKED)
+def test_these_are_masked(key, value):
+    masked = redact({key: value})[key]
+    assert masked != value and "***" in masked and (value not in masked)
+
+
+@pytest.mark.parametrize(("key", "value"), KEPT)
+def test_these_are_kept(key, value):
+    assert redact({key: value}) == {key: value}

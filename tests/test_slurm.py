@@ -190,7 +190,7 @@ def test_a_preempted_job_resumes_to_the_uninterrupted_run(readme_sweep, tmp_path
     assert summary.wall_time_s == pytest.approx(sum(part["seconds"] for part in summary.segments))
     assert summary.segments[0]["end"] <= summary.segments[1]["start"]
     logs = job_logs(sweep_dir, job["job"])
-    assert f"interrupted: {STOPPED_BY[how]} at step 7" in logs, logs[-3000:]
+    assert f"interrupted: {STOPPED_BY[how]} in training step 7" in logs, logs[-3000:]
     # The first run exited by itself (SLURM SIGKILLs a job that outlives KillWait: "task 0: Killed"), no traceback.
     assert "task 0: Exited with exit code 1" in logs and "Killed" not in logs, logs[-3000:]
     assert "Traceback" not in logs, logs[-3000:]

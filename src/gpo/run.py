@@ -7,9 +7,12 @@ Data flows one way:
       -> GPOModule(policy, reference, loss) -> Lightning Trainer.fit
       -> RunSummary (summary.json, W&B run summary)
 
-`train(cfg)` returns the summary; `run_job(cfg)` is the entry point's job:
-bad input in one line, any failure recorded in summary.json and W&B, a
-finished run skipped, an interrupted one resumed (gpo.training.resume).
+`train(cfg)` returns the summary; `run_job(cfg)` is the entry point's job and
+the one place failures are handled: the run directory held by one process
+(gpo.infra.run_lock), a finished run skipped and an interrupted one resumed if
+it is the same experiment (gpo.training.resume), a signal in any stage stopped
+with a record (gpo.infra.interrupts), a failure recorded in summary.json and
+W&B and reported in one line.
 """
 
 import logging
@@ -17,36 +20,47 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from gpo.infra import console, tracking
+from gpo.data.sources import check_data_files
+from gpo.infra import console, interrupts, tracking
 from gpo.infra.cache import DiskCache
 from gpo.infra.config import check_config, instantiate, torch_threads
-from gpo.infra.errors import InputError
+from gpo.infra.errors import OneLineError, RunRefused
+from gpo.infra.interrupts import Interrupted
+from gpo.infra.run_lock import run_directory_lock
 from gpo.infra.summary import FAILED, RunSummary, SummaryContributor
 from gpo.losses.scaling import beta_scale_factor
 from gpo.model import LogProbs, compile_policy, device_for, export_policy, with_lora
 from gpo.reference import InitialPolicy, NoReference
-from gpo.training import GPOModule, Interrupted
-from gpo.training.preemption import signal_handlers_kept
+from gpo.sweeps.outcomes import note_refused_job
+from gpo.training import GPOModule, RunRecord
+from gpo.training.identity import run_identity
 from gpo.training.resume import earlier_segments, finished_run, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
 
+@interrupts.handled  # a signal in any stage stops the run where it is (gpo.infra.interrupts)
 def train(cfg: DictConfig) -> RunSummary:
     started = time.time()
+    interrupts.enter("while starting")
     check_config(cfg)
     console.configure(cfg.get("verbose", False))
     run_dir = HydraConfig.get().runtime.output_dir
-    checkpoint = resume_checkpoint(cfg, run_dir)
+    experiment = run_identity(cfg)
+    checkpoint = resume_checkpoint(cfg, run_dir, experiment)
     segments = earlier_segments(cfg, run_dir)  # a resumed run's earlier parts: its wall time sums them all
+    check_data_files(cfg.data)  # local files the config names: before the model (maybe from a hub) is fetched
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     devices = cfg.trainer.get("devices", 1)
     threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
@@ -54,8 +68,10 @@ def train(cfg: DictConfig) -> RunSummary:
     if threads:
         torch.set_num_threads(threads)
 
+    interrupts.enter("while loading the model")
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
+    interrupts.enter("during data preparation")
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
     datamodule.setup("fit")  # bad data fails here, before any compute
     datamodule.check_trainable()
@@ -68,40 +84,37 @@ def train(cfg: DictConfig) -> RunSummary:
                  else NoReference(initial, logprobs))
     # Before the SFT stage: bad input costs no compute.
     reference.check(choice("loss", cfg), loss_fn.needs_reference, lora=cfg.model.get("lora") is not None)
+    interrupts.enter("during the SFT stage")
     stages = {"sft": initial.prepare(policy)}
     policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
     if cfg.model.get("compile"):
         compile_policy(policy)
+    interrupts.enter("during the reference log-probs")
     stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
     beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 
     module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                        logprobs)
     logger = tracking.make_logger(cfg.logger, run_dir)
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
+    record = RunRecord(experiment)  # the run's identity and its metrics, in every checkpoint
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[*instantiate(cfg.callbacks).values(), record])
     tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
     log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
              cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
     if checkpoint is not None:
         log.info("Resuming from %s", checkpoint)
-    # weights_only: a resumed checkpoint is data, never code; the process's own signal handlers back however fit ends.
-    with signal_handlers_kept():
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
-        except Interrupted as stop:  # checkpointed at this step; recorded here with this part's time; run_job requeues
-            if trainer.is_global_zero:
-                record = RunSummary(**identity(cfg), beta=beta, beta_scale=beta_scale, status=FAILED,
-                                    error=f"Interrupted: {stop}", resumed_from_step=module.resumed_from_step,
-                                    segments=list(segments))
-                record.add_segment(started, signal.Signals(stop.signum).name)
-                record.write(run_dir)
-            raise
+    interrupts.enter("in training")
+    with interrupts.deferred():  # a signal stops training at the end of a step (gpo.training.preemption)
+        # weights_only: a resumed checkpoint is data, never code.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
 
+    interrupts.enter("after training")  # a signal received since its last step: its final checkpoint is written
+    interrupts.enter("during the export")
     summary = RunSummary(
         **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
-        theory=loss_fn.theory(), metrics={k: float(v) for k, v in sorted(trainer.callback_metrics.items())},
+        theory=loss_fn.theory(), metrics=dict(record.metrics),  # the final ones, also of a run resumed at its end
         data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
-        resumed_from_step=module.resumed_from_step, segments=list(segments),
+        resumed_from_step=module.resumed_from_step, segments=list(segments), identity=experiment,
     )
     for callback in trainer.callbacks:
         if isinstance(callback, SummaryContributor):
@@ -111,6 +124,7 @@ def train(cfg: DictConfig) -> RunSummary:
         exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False), trainer.strategy)
         if exported is not None:
             summary.stages["export"] = asdict(exported)
+    interrupts.enter("while writing the summary")
     summary.add_segment(started, "finished")
     if trainer.is_global_zero:  # rank 0's summary has the sample evaluation
         summary.write(run_dir)
@@ -167,36 +181,87 @@ def report_outcome(metrics: dict) -> None:
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    """Train; on failure leave a record for the sweep report and close the W&B
-    run as failed (checkpoints and logs already written stay where they are).
-    A run directory whose summary.json says finished is skipped (resume=false
-    trains it again). Returns `optimized_metric` (the first of a list that the
-    run measured) for Hydra sweepers."""
+    """Train, holding the run directory; returns `optimized_metric` (the first
+    of a list that the run measured) for Hydra sweepers.
+
+    A finished run of this experiment is skipped (resume=false trains it again).
+    A signal stops the run with a record and, for a scheduler's, a requeue. A
+    failure is recorded (summary.json, the W&B run closed as failed; checkpoints
+    and logs stay) and reported in one line when its message says everything;
+    in a multirun the other jobs go on. A directory that another process holds,
+    or that holds another experiment, is left untouched."""
     run_dir = HydraConfig.get().runtime.output_dir
-    done = finished_run(cfg, run_dir)
-    if done is not None:
-        log.info("%s: finished already (summary.json); skipped (resume=false trains it again)", run_dir)
-        return done.objective(cfg.get("optimized_metric"))
-    try:
-        summary = train(cfg)
-    except Interrupted as stop:  # a preemption signal: checkpointed and recorded at this step; requeue and stop
-        log.warning("Interrupted: %s", stop)
-        tracking.finish(exit_code=1, preempted=True)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    with interrupts.handling() as signals:
         try:
-            stop.hand_over()
-        except Exception as error:  # the checkpoint is written: the same command resumes the run
-            log.error("Requeue failed (%s: %s): run the same command again to resume", type(error).__name__, error)
-        finally:  # also after submitit's handler, which ends in sys.exit
-            exit_now(f"interrupted: {stop}")
-    except Exception as error:
-        message = f"{type(error).__name__}: {error}"
-        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=message).write(run_dir)
-        tracking.finish(exit_code=1)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # let the other jobs of the sweep run
-            log.error("Job failed: %s", message, exc_info=not isinstance(error, InputError))
-            return None
-        if isinstance(error, InputError):  # bad input: one clear line, no traceback
-            log.error("%s", error)
-            sys.exit(f"error: {error}")
+            with run_directory_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():  # DDP: rank 0 holds it
+                return _run_job(cfg, run_dir, multirun, signals)
+        except RunRefused as refused:  # nothing of this run was written there: nothing to record
+            if multirun:
+                log.error("Job refused: %s", refused)
+                note_refused_job(HydraConfig.get().sweep.dir, run_dir, str(refused))
+                return None
+            log.error("%s", refused)
+            sys.exit(f"error: {refused}")
+
+
+def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.InterruptHandler) -> float | None:
+    started, experiment = time.time(), {}
+    segments = earlier_segments(cfg, run_dir)  # the record of a failed or interrupted part keeps the earlier ones
+    try:
+        experiment = run_identity(cfg)
+        done = finished_run(cfg, run_dir, experiment)
+        if done is not None:
+            log.info("%s: finished already (summary.json); skipped (resume=false trains it again)", run_dir)
+            return done.objective(cfg.get("optimized_metric"))
+        return train(cfg).objective(cfg.get("optimized_metric"))
+    except RunRefused:
         raise
-    return summary.objective(cfg.get("optimized_metric"))
+    except (Interrupted, SIGTERMException) as caught:  # SIGTERMException: Lightning's own, should one get through
+        stop = caught if isinstance(caught, Interrupted) else signals.interrupted("in training (Lightning's stop)")
+    except Exception as error:
+        if signals.pending:  # it failed on its way to stopping (a W&B service the signal killed too, say)
+            stop = signals.interrupted(f"{signals.stage}, then {type(error).__name__}: {error}")
+        else:
+            message = f"{type(error).__name__}: {error}"
+            _record_failure(cfg, run_dir, experiment, message, Segments(segments, started, "failed"))
+            if multirun:  # let the other jobs of the sweep run
+                log.error("Job failed: %s", message, exc_info=not isinstance(error, OneLineError))
+                return None
+            if isinstance(error, OneLineError):  # one clear line, no traceback
+                log.error("%s", error)
+                sys.exit(f"error: {error}")
+            raise
+    closed = _record_failure(cfg, run_dir, experiment, f"Interrupted: {stop}",
+                             Segments(segments, started, signal.Signals(stop.signum).name), preempted=stop.requeue)
+    log.warning("Interrupted: %s", stop)
+    try:
+        if rank_zero_only.rank == 0:
+            stop.hand_over()  # a scheduler's signal: requeue (never raises; submitit's handler ends in sys.exit)
+    finally:
+        if not closed:  # W&B's exit hooks would wait on its dead service until the scheduler's SIGKILL
+            exit_now(f"interrupted: {stop}")
+    sys.exit(f"interrupted: {stop}")
+
+
+@dataclass
+class Segments:
+    """The run's parts before this process's, and this one's start and how it ended (RunSummary.segments)."""
+
+    earlier: list[dict]
+    started: float
+    ended_by: str
+
+
+def _record_failure(cfg: DictConfig, run_dir: str, experiment: dict, error: str, parts: Segments,
+                    preempted: bool = False) -> bool:
+    """summary.json says why the run stopped; the W&B run is closed (as preempted: to be resumed). Never raises:
+    a full disk or a dead W&B service must not hide the failure being recorded. True if W&B shut down."""
+    try:
+        record = RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=error, identity=experiment,
+                            segments=list(parts.earlier))
+        record.add_segment(parts.started, parts.ended_by)
+        record.write(run_dir)
+    except Exception as failure:
+        log.warning("Could not write %s/summary.json (%s: %s)", run_dir, type(failure).__name__, failure)
+    return tracking.finish(exit_code=1, preempted=preempted)

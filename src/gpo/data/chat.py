@@ -18,16 +18,20 @@ RESPONSE_COLUMNS = ("chosen", "rejected")
 
 
 def conversation_problem(value) -> str | None:
-    """Why `value` is not a usable list of messages (None if it is)."""
+    """Why `value` is not a usable list of messages (None if it is): a reason
+    per kind of problem (it names no message index and no content, so rows
+    with the same problem count under one reason)."""
     if not isinstance(value, list) or not value:
         return "is empty" if isinstance(value, list) else f"is not text (got {type(value).__name__})"
-    for i, message in enumerate(value):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(
-            message.get("content"), str
-        ):
-            return f"message {i} is not a {{role, content}} message with text content (got {message!r:.80})"
+    for message in value:
+        if not isinstance(message, dict):
+            return f"has a message that is not a {{role, content}} mapping (got {type(message).__name__})"
+        if not isinstance(message.get("role"), str):
+            return "has a message without a 'role'"
+        if not isinstance(message.get("content"), str):
+            return "has a message without text 'content'"
         if not message["content"].strip():
-            return f"message {i} ({message['role']}) has empty content"
+            return f"has a message with empty content ({message['role']:.20})"
     return None
 
 

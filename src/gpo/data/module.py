@@ -28,10 +28,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from gpo.data.batching import LengthGroupedSampler, pair_lengths
-from gpo.data.chat import conversation_problem, render_conversations
+from gpo.data.chat import render_conversations
+from gpo.data.checks import check_split_sizes, drop_leaks, drop_unusable
 from gpo.data.gold import relabel
 from gpo.data.resumable import ResumableLoader, ResumableSampler
-from gpo.data.tokenization import TEXT_COLUMNS, PairCollator, tokenize_demonstrations, tokenize_split
+from gpo.data.tokenization import PairCollator, tokenize_demonstrations, tokenize_split
 from gpo.infra.cache import digest
 from gpo.infra.config import instantiate
 from gpo.infra.errors import DataError, InputError
@@ -70,44 +71,6 @@ def _is_config(node) -> bool:
 def _built(node):
     """The object a config describes (a bad-input error raised building it surfaces as itself); objects as given."""
     return instantiate(node) if _is_config(node) else node
-
-
-def row_problem(row: dict) -> str:
-    """Why a prompt/chosen/rejected row cannot be trained on ("" if it can)."""
-    if row.get("problem"):
-        return row["problem"]
-    for column in TEXT_COLUMNS:
-        value = row[column]
-        if isinstance(value, list):
-            problem = conversation_problem(value)
-            if problem:
-                return f"'{column}' {problem}"
-        elif not isinstance(value, str):
-            return f"'{column}' is not text (got {type(value).__name__})"
-        elif not value.strip():
-            return f"'{column}' is empty"
-    if row["chosen"] == row["rejected"]:
-        return "chosen is identical to rejected"
-    return ""
-
-
-def drop_unusable(dataset: Dataset, where: str, strict: bool) -> tuple[Dataset, dict[str, int]]:
-    """The usable rows and, by reason, how many were dropped."""
-    problems = [row_problem(row) for row in dataset]
-    dropped = Counter(p for p in problems if p)
-    if strict and dropped:
-        row = next(i for i, p in enumerate(problems) if p)
-        raise DataError(f"{where}, row {row}: {problems[row]} (data.strict=true; false drops such rows)")
-    if len(dropped) and sum(dropped.values()) == len(dataset):
-        raise DataError(f"{where}: all {len(dataset)} pairs are unusable: {dict(dropped)}")
-    if dropped:
-        first = next(i for i, p in enumerate(problems) if p)
-        log.warning("%s: dropped %d of %d pairs (%s), e.g. row %d; data.strict=true stops on them instead",
-                    where, sum(dropped.values()), len(dataset), dict(dropped), first)
-        dataset = dataset.select([i for i, p in enumerate(problems) if not p])
-    if "problem" in dataset.column_names:
-        dataset = dataset.remove_columns("problem")
-    return dataset, dict(dropped)
 
 
 class PreferenceDataModule(pl.LightningDataModule):
@@ -208,12 +171,20 @@ class PreferenceDataModule(pl.LightningDataModule):
 
     def _prepare(self) -> None:
         data = self.source.preferences()
-        if isinstance(data, Dataset):  # checked whole, then a validation share held out
+        held_out = isinstance(data, Dataset)
+        if held_out:  # checked whole, then a validation share held out
             data = self._validate({"train": data})["train"]
+            check_split_sizes(len(data), self.val_fraction, f"{self.source.description} [train]")
             split = data.train_test_split(test_size=self.val_fraction, seed=self.seed)
             data = {"train": split["train"], "validation": split["test"]}
         else:
             data = self._validate(data)
+        data["validation"], repeats = drop_leaks(data["train"], data["validation"], self.source.description, held_out)
+        if repeats["repeated_in_train"]:
+            self.report["train"]["repeated"] = repeats["repeated_in_train"]
+        if held_out and repeats["also_in_train"]:
+            self.report.setdefault("validation", {}).setdefault("dropped", {})["also a training pair"] = (
+                repeats["also_in_train"])
         where = {name: f"{self.source.description} [{name}]" for name in data}
         self.text = {name: render_conversations(split, self.tokenizer, where[name], self.num_proc)
                      for name, split in data.items()}

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -74,18 +75,33 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+SEED_RANGE = (0, 2**32 - 1)  # what numpy (hence Lightning's seed_everything) accepts
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would waste a run, before any model or data is loaded."""
     if not _is_number(cfg.beta) or cfg.beta <= 0:
         raise InputError(f"beta must be a positive number, got {cfg.beta!r}")
     if cfg.get("beta_scale", "none") not in BETA_SCALES:
         raise InputError(f"beta_scale must be one of {', '.join(BETA_SCALES)}, got {cfg.beta_scale!r}")
+    seed = cfg.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise InputError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {seed!r}")
     lr = cfg.get("optimizer", {}).get("lr")
     if lr is not None and (not _is_number(lr) or lr < 0):
         raise InputError(f"optimizer.lr must be a number >= 0, got {lr!r}")
+    if lr == 0 and not cfg.get("allow_zero_lr", False):
+        raise InputError("optimizer.lr=0 trains nothing (the policy stays where it starts); "
+                         "set allow_zero_lr=true if that is what you want")
     max_steps = cfg.trainer.get("max_steps", -1)
     if not isinstance(max_steps, int) or (max_steps <= 0 and max_steps != -1):
         raise InputError(f"trainer.max_steps must be a positive integer (or -1: train by epochs), got {max_steps!r}")
+    if max_steps == -1 and not cfg.trainer.get("max_epochs"):
+        raise InputError("trainer.max_steps=-1 trains by epochs, but trainer.max_epochs is not set (Lightning would "
+                         "train 1000 epochs): add +trainer.max_epochs=<n>, or set trainer.max_steps")
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise InputError(f"trainer.accelerator={cfg.trainer.accelerator} (trainer=gpu, ddp, fsdp), but this machine "
+                         "has no GPU that torch can use: use trainer=cpu, or run where there is one")
 
 
 def instantiate(node, **kwargs):

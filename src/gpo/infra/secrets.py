@@ -1,10 +1,11 @@
 """Secrets never reach a logged config or record (the W&B config and run
 metadata, summary.json, the .hydra/*.yaml files Hydra writes, multirun.yaml).
 
-A value is a secret by its key (api_key, token, hf_token, password, secret,
-credentials, private_key, ...) or by its look (hf_..., sk-..., ghp_..., xox?-...,
-AKIA..., AIza...), inside any string too: an override `+model.policy.token=...`,
-a URL with a token in it. Redacted values become "***"."""
+A value is a secret by its key (api_key, token, hf_token, wandb_key, password,
+passphrase, secret, credentials, private_key, bearer, ...) or by its look
+(hf_..., sk-..., ghp_..., xox?-..., AKIA..., AIza..., "Bearer ..."), inside any
+string too: an override `+model.policy.token=...`, a URL with a token in it.
+Redacted values become "***"."""
 
 import re
 import sys
@@ -13,16 +14,17 @@ from contextlib import contextmanager
 MASK = "***"
 
 # A key whose last component is one of these names (or ends with _<name>): its value is a secret.
-SECRET_KEY = re.compile(r"(^|[_\-.])(token|api[_-]?key|apikey|secret|password|passwd|credentials?|"
-                        r"private[_-]?key|access[_-]?key|auth)$", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(^|[_\-.])(token|api[_-]?key|apikey|wandb[_-]?key|secret|password|passwd|passphrase|"
+                        r"credentials?|private[_-]?key|access[_-]?key|auth|bearer)$", re.IGNORECASE)
 NOT_SECRET_KEY = re.compile(r"(^|[_\-.])(pad|eos|bos|unk|sep|cls|mask)_token$", re.IGNORECASE)  # tokenizer settings
 SECRET_VALUE = re.compile(
-    r"(hf_[A-Za-z0-9]{20,}"            # Hugging Face
+    r"(hf_(?=[A-Za-z]*[0-9])(?=[0-9]*[A-Za-z])[A-Za-z0-9]{8,}"  # Hugging Face (letters and digits: not hf_transfer)
     r"|sk-[A-Za-z0-9_\-]{16,}"         # OpenAI-style API keys
     r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"  # GitHub
     r"|xox[abprs]-[A-Za-z0-9\-]{10,}"  # Slack
     r"|AKIA[0-9A-Z]{16}"               # AWS access key id
-    r"|AIza[0-9A-Za-z_\-]{35})"        # Google API key
+    r"|AIza[0-9A-Za-z_\-]{35}"         # Google API key
+    r"|(?<=Bearer )[A-Za-z0-9._~+/\-]{8,}=*)"  # an HTTP Authorization header's token
 )
 OVERRIDE = re.compile(r"^(?P<key>[+~]{0,2}[\w.\-/@]+)=(?P<value>.*)$", re.DOTALL)
 

@@ -7,8 +7,6 @@ schema, so none of them keeps its own list of keys.
 """
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -16,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from gpo.infra.files import atomic_write_text
 from gpo.infra.secrets import redact
 
 FILENAME = "summary.json"
@@ -43,6 +42,7 @@ class RunSummary:
     # One per process that ran it (a preempted and requeued run has several): start, end, seconds, ended_by
     # ("finished", or the signal that stopped it). wall_time_s is their sum: the run's time, not its last part's.
     segments: list[dict] = field(default_factory=list)
+    identity: dict = field(default_factory=dict)  # the experiment it ran: fingerprint and keys (gpo.training.identity)
     wall_time_s: float | None = None
 
     @property
@@ -65,12 +65,7 @@ class RunSummary:
     def write(self, directory: str | Path) -> Path:
         """Atomically (temp file + rename): a reader never sees half a summary.
         Secrets (in overrides, the loss config, an error message) are masked."""
-        path = Path(directory) / FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{FILENAME}.", delete=False) as tmp:
-            json.dump(redact(asdict(self)), tmp, indent=2, default=float)
-        os.replace(tmp.name, path)
-        return path
+        return atomic_write_text(Path(directory) / FILENAME, json.dumps(redact(asdict(self)), indent=2, default=float))
 
     @classmethod
     def read(cls, path: str | Path) -> "RunSummary":

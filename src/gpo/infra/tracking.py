@@ -1,6 +1,8 @@
 """The run's W&B record, through Lightning's WandbLogger (conf/logger/wandb.yaml):
 one room for everything W&B-specific.
 
+    WandbLogger                                 # Lightning's; a dead W&B service costs the record, not the run
+
     logger = make_logger(cfg.logger, run_dir)   # continues this run directory's W&B run
     record_config(logger, config)               # secrets masked (config and command line)
     record_summary(logger, metrics)             # the run summary's metrics in the W&B summary
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import wandb
 from omegaconf import DictConfig
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from gpo.infra.config import instantiate
@@ -27,6 +29,32 @@ from gpo.infra.secrets import redact, redacted_argv
 log = logging.getLogger(__name__)
 
 WANDB_ID = "wandb_id"  # in the run directory: the W&B run id, so a resumed run continues the same W&B run
+SERVICE_GONE = (BrokenPipeError, ConnectionError)  # what W&B's socket raises once its service process died
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's WandbLogger, except that losing W&B's service mid-run (a
+    process of its own, which SLURM's requeue signals with the job) costs the
+    W&B record, not the run: the first failed call is a warning, later ones
+    are skipped; the run's checkpoints and summary.json are its record."""
+
+    _service_gone = False
+
+    def _guarded(self, call, *args, **kwargs):
+        if self._service_gone:
+            return None
+        try:
+            return call(*args, **kwargs)
+        except SERVICE_GONE as error:
+            self._service_gone = True
+            log.warning("W&B: its service is gone (%s: %s); the run goes on without it", type(error).__name__, error)
+            return None
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self._guarded(super().log_metrics, metrics, step)
+
+    def log_table(self, *args, **kwargs) -> None:
+        self._guarded(super().log_table, *args, **kwargs)
 
 
 def new_run_id() -> str:
@@ -70,6 +98,8 @@ def record_config(logger, config: dict) -> None:
 def record_summary(logger, metrics: dict) -> None:
     """The run summary's metrics (the final values, the sample evaluation) in the W&B run summary."""
     if isinstance(logger, WandbLogger):
+        logger._guarded(lambda: logger.experiment.summary.update(metrics))
+    elif isinstance(logger, LightningWandbLogger):
         logger.experiment.summary.update(metrics)
 
 
@@ -77,7 +107,7 @@ def record_summary(logger, metrics: dict) -> None:
 PREEMPTED_CLOSE_S = 15
 
 
-def finish(exit_code: int = 0, preempted: bool = False) -> None:
+def finish(exit_code: int = 0, preempted: bool = False) -> bool:
     """Close this process's W&B run and wait until its files are written.
 
     wandb.finish() returns once the W&B service (a separate process) has the
@@ -89,32 +119,43 @@ def finish(exit_code: int = 0, preempted: bool = False) -> None:
     subprocess) to this process's service, and their exit no longer waits for
     their files.
 
-    `preempted` (a signal stopped the run; run_job requeues the job next): the
-    run is marked preempting (to be resumed, not failed), closing gets
-    PREEMPTED_CLOSE_S at most and never raises. `scontrol requeue` sends
-    SIGTERM to every process of the job, W&B's service too, and then each call
-    to it fails (BrokenPipeError) or waits for minutes. What the service wrote
-    stays, and the requeued job continues the same W&B run."""
-    if not preempted:
-        if wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
-        wandb.teardown()
-        return
-    failed = []
+    Never raises: it runs on the way out of failed and interrupted runs too,
+    when the service may be gone. `preempted` (a signal stopped the run;
+    run_job requeues the job next): the run is marked preempting (to be
+    resumed, not failed) and closing gets PREEMPTED_CLOSE_S at most. `scontrol
+    requeue` sends SIGTERM to every process of the job, W&B's service too, and
+    then each call to it fails (BrokenPipeError) or waits for minutes. What the
+    service wrote stays, and the requeued job continues the same W&B run.
+
+    Returns whether W&B's service was shut down: if not, its exit hooks would
+    wait on it, and the caller ends the process without them (gpo.run.exit_now)."""
+    shut_down = []
 
     def close() -> None:
-        try:
-            if wandb.run is not None:
-                wandb.run.mark_preempting()
-                wandb.finish(exit_code=exit_code)
-            wandb.teardown()
-        except Exception as error:  # the service is gone: nothing left to close
-            failed.append(f"{type(error).__name__}: {error}")
+        if wandb.run is not None:
+            if preempted:
+                _attempt("mark the run preempted", wandb.run.mark_preempting)
+            _attempt("finish the run", lambda: wandb.finish(exit_code=exit_code))
+        if _attempt("shut its service down", wandb.teardown):
+            shut_down.append(True)
 
+    if not preempted:
+        close()
+        return bool(shut_down)
     closing = threading.Thread(target=close, name="wandb-close", daemon=True)
     closing.start()
     closing.join(PREEMPTED_CLOSE_S)
-    if failed or closing.is_alive():
-        log.warning("W&B run not closed (%s): its service has stopped (a signal to the whole job, e.g. scontrol "
-                    "requeue); what it wrote is kept and the requeued job continues the run",
-                    failed[0] if failed else f"no answer in {PREEMPTED_CLOSE_S} s")
+    if closing.is_alive():
+        log.warning("W&B run not closed (no answer in %s s): its service has stopped (a signal to the whole job, "
+                    "e.g. scontrol requeue); what it wrote is kept and the requeued job continues the run",
+                    PREEMPTED_CLOSE_S)
+    return bool(shut_down) and not closing.is_alive()
+
+
+def _attempt(what: str, step) -> bool:
+    try:
+        step()
+        return True
+    except Exception as error:  # finish must not raise: see there
+        log.warning("W&B: could not %s (%s: %s); the run's own files are kept", what, type(error).__name__, error)
+        return False

@@ -9,12 +9,15 @@ Two ways in (conf/model), both returning (model, tokenizer):
 `with_lora` adds trainable LoRA adapters (model/lora).
 """
 
+import os
 import string
 
 import torch
 from peft import LoraConfig, get_peft_model
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerFast
+
+from gpo.infra.errors import InputError
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
@@ -58,6 +61,7 @@ def pretrained_causal_lm(
     """`model_kwargs` go to from_pretrained (attn_implementation, revision, ...).
     `chat_template` (Jinja) gives a model without one a template for conversational data.
     `trust_remote_code` runs Python code shipped with the checkpoint: off unless asked for."""
+    check_local_model(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:  # common for decoder-only models; pad positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
@@ -69,6 +73,22 @@ def pretrained_causal_lm(
         # Non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA).
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return policy, tokenizer
+
+
+def looks_local(name_or_path: str) -> bool:
+    """A local path rather than a hub repo id ("name" or "org/name"): it starts
+    like a path (/, ./, ../, ~) or has more than one "/"."""
+    return name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
+
+
+def check_local_model(name_or_path: str) -> None:
+    """A model named by a local path must be a directory there: one line, instead of the hub
+    client's "Repo id must be in the form ..." tracebacks after it was taken for a repo id."""
+    path = os.path.expanduser(name_or_path)
+    if looks_local(name_or_path) and not os.path.isdir(path):
+        what = "is a file, not a model directory" if os.path.exists(path) else "does not exist"
+        raise InputError(f"model.policy.name_or_path={name_or_path}: {what} (a local path; a hub model is "
+                         "named org/name)")
 
 
 def with_lora(policy: torch.nn.Module, lora_config: LoraConfig | None) -> torch.nn.Module:

@@ -14,6 +14,7 @@ import torch
 
 from gpo.data.tokenization import token_digest
 from gpo.infra.cache import DiskCache, Outcome, digest
+from gpo.infra.errors import RunError
 from gpo.model.logprobs import LogProbs
 from gpo.reference.sft import supervised_finetune
 
@@ -57,6 +58,11 @@ class InitialPolicy:
             log.info("SFT stage: training %d steps on the demonstrations", self.sft["steps"])
             supervised_finetune(model, self.datamodule.demonstrations(), self.datamodule.tokenizer.pad_token_id,
                                 accelerator=self.accelerator, logprobs=self.logprobs, **self.sft)
+            broken = non_finite(model.state_dict())
+            if broken:  # never cached: every later run would start from it
+                raise RunError(f"SFT stage: {len(broken)} weight tensor(s) became NaN or Inf (e.g. {broken[0]}) in "
+                               f"{self.sft['steps']} steps at model.sft.lr={self.sft['lr']}; nothing was cached: "
+                               "lower model.sft.lr")
             torch.save(model.state_dict(), directory / WEIGHTS)
 
         _, outcome = self.cache.get_or_build("sft", self._sft_entry_key(), lambda path: self._load(model, path), write,
@@ -67,7 +73,18 @@ class InitialPolicy:
 
     @staticmethod
     def _load(model: torch.nn.Module, path) -> None:
-        model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
+        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+        broken = non_finite(state)
+        if broken:  # a cache read that raises is a damaged entry: rebuilt
+            raise ValueError(f"{len(broken)} weight tensor(s) hold NaN or Inf (e.g. {broken[0]})")
+        model.load_state_dict(state)
+
+    @property
+    def source(self) -> str:
+        """Where the initial policy's weights come from, for messages about what was built from them."""
+        if self.sft["steps"] > 0:
+            return f"the SFT weights in {self.cache.path('sft', self._sft_entry_key())}"
+        return "the model as configured (model.policy; no SFT stage)"
 
     def model(self) -> torch.nn.Module:
         """A new copy of the initial policy, frozen: eval mode, no gradients."""
@@ -75,3 +92,9 @@ class InitialPolicy:
         if self.sft["steps"] > 0:
             self._load(model, self.cache.path("sft", self._sft_entry_key()))
         return model.eval().requires_grad_(False)
+
+
+def non_finite(state: dict) -> list[str]:
+    """The names of a state dict's floating-point tensors that hold NaN or Inf."""
+    return [name for name, value in state.items()
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]

@@ -20,7 +20,7 @@ from peft import PeftModel
 
 from gpo.data.tokenization import token_digest
 from gpo.infra.cache import Outcome, digest
-from gpo.infra.errors import InputError
+from gpo.infra.errors import InputError, RunError
 from gpo.model.logprobs import LogProbs
 from gpo.model.runtime import eval_mode
 from gpo.reference.initial import InitialPolicy
@@ -90,6 +90,10 @@ class CachedReference(Reference):
         def write(directory):  # a model only for this: none is kept through training
             model = self.initial.model().to(device)
             values = torch.cat([self._compute(model, split, datamodule, device) for split in splits])
+            if not torch.isfinite(values).all():  # never cached: every later run would read it
+                raise RunError(f"reference log-probs: {int((~torch.isfinite(values)).sum())} of {values.numel()} "
+                               f"values are NaN or Inf, computed from {self.initial.source}; nothing was cached: "
+                               "if that is a cache entry, it is damaged (delete it to rebuild it)")
             torch.save(values, directory / "logps.pt")
 
         def read(directory):

@@ -11,13 +11,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import grad_norm
 
+from gpo.infra.errors import RunError
 from gpo.losses import PairLogps, PreferenceLoss
 from gpo.model.logprobs import LogProbs
 from gpo.reference import Reference
 from gpo.training.checkpoints import restore_rng_state, rng_state
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(RunError, FloatingPointError):
     pass
 
 
@@ -113,9 +114,11 @@ class GPOModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
         if not torch.isfinite(loss):
+            resumed = ("" if self.resumed_from_step is None else f" The run resumed from its checkpoint at step "
+                       f"{self.resumed_from_step}: the checkpoint may be damaged (resume=false starts over).")
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at step {self.global_step} (beta={self.beta}); stopping. "
-                "Checkpoints written so far are kept."
+                f"Checkpoints written so far are kept.{resumed}"
             )
         return loss
 

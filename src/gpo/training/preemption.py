@@ -1,114 +1,96 @@
-"""What stops a run without losing work: a preemption or time-limit signal
-(SLURM, submitit) ends the current step, saves last.ckpt at that step, stops
-the run (`Interrupted`) and requeues the job, which then resumes from that step
-(gpo.training.resume). gpo.run.run_job catches `Interrupted` and hands it over.
+"""What stops a training run without losing work: a signal (Ctrl-C's SIGINT;
+SIGTERM, SIGUSR1, SIGUSR2 from a scheduler) received while training is
+recorded by the job's handler (gpo.infra.interrupts); at the end of the
+current training step or validation this callback writes last.ckpt at that
+step and stops the run (`Interrupted`); gpo.run.run_job records it and, for a
+scheduler's signal, requeues the job, which resumes from that step
+(gpo.training.resume). Signals in the other stages: gpo.infra.interrupts.
 """
 
 import logging
-import os
 import signal
-import subprocess
-import threading
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytorch_lightning as pl
 
-from gpo.training.checkpoints import checkpoint_path
+from gpo.infra import interrupts
+from gpo.infra.interrupts import Interrupted
+from gpo.training.checkpoints import checkpoint_path, ends_training
 
 log = logging.getLogger(__name__)
 
-
-class Interrupted(Exception):
-    """The run stopped on a signal after saving a checkpoint at the current
-    step; `hand_over()` requeues the job (gpo.run.run_job calls it)."""
-
-    def __init__(self, signum: int, step: int, path: Path, previous_handler, requeue: bool):
-        self.signum, self.step, self.path = signum, step, path
-        self.previous_handler, self.requeue = previous_handler, requeue
-        super().__init__(f"{signal.Signals(signum).name} at step {step}; checkpoint saved ({path}): "
-                         "the same command resumes from it")
-
-    def hand_over(self) -> None:
-        """Requeue: the handler that was there before ours (submitit's: it
-        requeues the job and exits), else `scontrol requeue` under SLURM (what
-        Lightning's own SLURM auto-requeue runs)."""
-        if callable(self.previous_handler):
-            log.info("Handing %s over to the previous handler (%s)", signal.Signals(self.signum).name,
-                     getattr(self.previous_handler, "__qualname__", self.previous_handler))
-            self.previous_handler(self.signum, None)
-            return
-        job = slurm_job_id()
-        if self.requeue and job:
-            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-            if done.returncode == 0:
-                log.info("Requeued SLURM job %s: it resumes from %s", job, self.path)
-            else:
-                log.error("scontrol requeue %s failed (%s): re-run the job to resume", job, done.stderr.strip())
-
-
-def slurm_job_id() -> str | None:
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ.get("SLURM_JOB_ID")
+__all__ = ["CheckpointOnSignal", "Interrupted"]
 
 
 class CheckpointOnSignal(pl.Callback):
-    """On one of `signals` (SLURM sends SIGUSR1 or the job's --signal before
-    its time limit and SIGTERM on preemption; submitit uses SIGUSR2): finish
-    the current optimizer step, write last.ckpt at that step, stop the run
-    (`Interrupted`) and, with `requeue`, requeue the job.
+    """Stop a training run at a safe point after a signal, with last.ckpt at
+    that point: the end of the training step in progress (the run stops once
+    Lightning has logged that step's metrics and run the validation due at
+    that step, if any), or of the validation in progress. A signal after the last step stops the run
+    once the checkpoint at the end of training is written
+    (gpo.training.checkpoints.LastCheckpoint). This callback comes first in
+    conf/callbacks: the sample evaluation due at the step it stops at is left
+    to the resumed run, which does it before its first step.
 
-    The handler only records the signal: the checkpoint is written at a step
-    boundary, never from inside the handler in the middle of a step. Under DDP
-    the ranks agree (any rank signalled) before saving, which is collective.
-    A handler installed before ours (submitit's requeue) is called after the
-    checkpoint instead of `scontrol requeue`."""
+    `signals`: those a scheduler sends (SLURM: SIGUSR1 or the job's --signal
+    before its time limit, SIGTERM on preemption and requeue; submitit:
+    SIGUSR2): with `requeue`, the job is requeued after it stopped, by the
+    handler that was there before the job's (submitit's) or `scontrol
+    requeue`. SIGINT stops the run the same way, without a requeue. Under DDP
+    the ranks agree (any rank signalled) before saving, which is collective."""
 
     def __init__(self, signals=("SIGUSR1", "SIGUSR2", "SIGTERM"), requeue: bool = True):
-        self.signals = [getattr(signal, name) if isinstance(name, str) else name for name in signals]
+        self.signals = {getattr(signal, name) if isinstance(name, str) else name for name in signals}
         self.requeue = requeue
-        self.received: int | None = None
-        self._previous: dict = {}
+        self._saved_step: int | None = None
+        self._stopping: Interrupted | None = None  # decided at a step's end, raised once the step is logged
 
-    def _handle(self, signum, frame) -> None:
-        log.warning("Received %s: checkpointing at the end of this step", signal.Signals(signum).name)
-        self.received = signum
+    @property
+    def handler(self) -> interrupts.InterruptHandler | None:
+        return interrupts.active()
 
     def setup(self, trainer, pl_module, stage) -> None:
-        if stage != "fit" or threading.current_thread() is not threading.main_thread():
-            return
-        self.received = None
-        for signum in self.signals:
-            previous = signal.signal(signum, self._handle)
-            self._previous[signum] = previous if previous not in (signal.SIG_DFL, signal.SIG_IGN, None) else None
+        self._stopping = None
+        if self.handler is not None:
+            self.handler.requeue_on = self.signals if self.requeue else set()
 
-    def teardown(self, trainer, pl_module, stage) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous or signal.SIG_DFL)
-        self._previous = {}
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning puts its own SIGTERM handler in front of ours as fit starts; it makes the loops raise
+        # SIGTERMException, a SystemExit (exit status 0) that skips the checkpoint and the record. Ours only.
+        if self.handler is not None:
+            self.handler.reinstall(signal.SIGTERM)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._saved_step = trainer.global_step  # whoever saved it (ModelCheckpoint too)
+
+    def _checkpoint_if_signalled(self, trainer, where: str) -> Interrupted | None:
+        """last.ckpt at this step and the exception that stops the run, if a signal came (on any rank)."""
+        signalled = self.handler is not None and self.handler.pending
+        if not trainer.strategy.reduce_boolean_decision(signalled, all=False) or ends_training(trainer):
+            return None  # at the end: the end-of-training evaluation and checkpoint come first
+        path = checkpoint_path(trainer)
+        if self._saved_step != trainer.global_step:
+            trainer.save_checkpoint(path, weights_only=False)  # the whole training state
+            log.warning("Saved %s at step %d", path, trainer.global_step)
+        if self.handler is None:  # outside a job's handler: another rank was signalled
+            return Interrupted(signal.SIGTERM, where, path)
+        return self.handler.interrupted(where, path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        self._stopping = self._checkpoint_if_signalled(trainer, f"in training step {trainer.global_step}")
+
+    def _stop(self, *args, **kwargs) -> None:
+        """Where a run goes after a step's end and its logging: the next step, or the end."""
+        if self._stopping is not None:
+            raise self._stopping
+
+    on_train_batch_start = on_train_end = _stop
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """After the validation due at a step (part of the step's work; a resumed run skips it), or in which the
+        signal came: its metrics are logged by now."""
+        if trainer.sanity_checking:
             return
-        path = checkpoint_path(trainer)
-        trainer.save_checkpoint(path, weights_only=False)  # the whole training state
-        signum = self.received or signal.SIGTERM  # another rank was signalled
-        log.warning("Saved %s at step %d after %s", path, trainer.global_step, signal.Signals(signum).name)
-        raise Interrupted(signum, trainer.global_step, path, self._previous.get(signum), self.requeue)
-
-
-@contextmanager
-def signal_handlers_kept(signals=("SIGUSR1", "SIGUSR2", "SIGTERM")):
-    """The process's own handlers for `signals` back after a fit, however it
-    ended: when fit raises, Lightning puts back the handlers it found at its
-    start (CheckpointOnSignal's) and no callback teardown runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {signum: signal.getsignal(signum) for signum in (getattr(signal, name) for name in signals)}
-    try:
-        yield
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if self._stopping is None:
+            self._stopping = self._checkpoint_if_signalled(trainer, f"during the validation at step "
+                                                                    f"{trainer.global_step}")
+        self._stop()

@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from datasets import Dataset, load_dataset
+from omegaconf import OmegaConf
 
 from gpo.infra.errors import DataError, InputError
 
@@ -67,6 +68,24 @@ def check_text(path: str, chunk: int = 1 << 20) -> None:
         raise DataError(f"{path}: not UTF-8 text (truncated character at the end)") from None
     if offset == 0:
         raise DataError(f"{path}: the file is empty (after decompression)")
+
+
+def check_data_files(data_config) -> None:
+    """Every local data file a data config names (a value with a data file's
+    extension: .jsonl, .csv.gz, ...; not a URL) exists: checked before
+    anything is fetched (a model from a hub), so a typo in a path costs no
+    download and no retries, and the message names the file."""
+    def strings(node):
+        if isinstance(node, dict):
+            return [s for value in node.values() for s in strings(value)]
+        if isinstance(node, list):
+            return [s for value in node for s in strings(value)]
+        return [node] if isinstance(node, str) else []
+
+    plain = OmegaConf.to_container(data_config, resolve=True) if OmegaConf.is_config(data_config) else data_config
+    for value in strings(plain):
+        if "://" not in value and file_builder(value) is not None and not os.path.isfile(value):
+            raise DataError(f"{value}: data file not found")
 
 
 def _as_list(files: str | Sequence[str]) -> list[str]:
@@ -275,4 +294,4 @@ class TLDRComparisons(Preferences):
         return out
 
 
-__all__ = ["HHRLHF", "Preferences", "TLDRComparisons", "UltraFeedbackBinarized"]
+__all__ = ["HHRLHF", "Preferences", "TLDRComparisons", "UltraFeedbackBinarized", "check_data_files"]
