@@ -275,4 +275,19 @@ class TLDRComparisons(Preferences):
         return out
 
 
-__all__ = ["HHRLHF", "Preferences", "TLDRComparisons", "UltraFeedbackBinarized"]
+class UnpairedExamples(Preferences):
+    """Unpaired examples for KTO (gpo.data.unpaired): a prompt, one completion
+    and a desirable/undesirable label per row (true/false, 1/0, or
+    desirable/undesirable), columns named by the *_column arguments, as TRL's
+    unpaired preference format (prompt, completion, label). Plain text only."""
+
+    def __init__(self, prompt_column: str = "prompt", completion_column: str = "completion",
+                 label_column: str = "label", **load_kwargs):
+        super().__init__(**load_kwargs)
+        self.columns = {"prompt": prompt_column, "completion": completion_column, "label": label_column}
+
+    def extract(self, row: dict) -> dict:
+        return {key: row[column] for key, column in self.columns.items()} | {"problem": ""}
+
+
+__all__ = ["HHRLHF", "Preferences", "TLDRComparisons", "UltraFeedbackBinarized", "UnpairedExamples"]
