@@ -158,16 +158,20 @@ class ExampleLogps:
         return (self.policy_mismatched - self.reference_mismatched).mean().detach().clamp(min=0)
 
     def metrics(self, beta) -> dict[str, torch.Tensor]:
+        """As PairLogps.metrics, chosen = desirable examples, rejected = undesirable
+        ones (NaN for a label the batch lacks); accuracy: the share of examples
+        whose implied reward beta * l has the sign of its label; kl: z_0."""
         with torch.no_grad():
             rewards, good = beta * self.logratio, self.desirable.bool()
-            nan = rewards.new_tensor(float("nan"))
+            chosen, rejected = rewards[good].mean(), rewards[~good].mean()
             return {
-                "rewards/chosen": rewards[good].mean() if good.any() else nan,
-                "rewards/rejected": rewards[~good].mean() if (~good).any() else nan,
-                "logps/chosen": self.policy[good].mean() if good.any() else nan,
-                "logps/rejected": self.policy[~good].mean() if (~good).any() else nan,
+                "rewards/chosen": chosen,
+                "rewards/rejected": rejected,
+                "rewards/margins": chosen - rejected,
+                "rewards/accuracies": ((rewards > 0) == good).float().mean(),
+                "logps/chosen": self.policy[good].mean(),
+                "logps/rejected": self.policy[~good].mean(),
                 "kl": self.kl_estimate,
-                "desirable_share": good.float().mean(),
             }
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from gpo.infra.errors import InputError
 from gpo.losses.base import GPOLoss, PreferenceLoss
-from gpo.losses.families import Logistic
+from gpo.losses.families import Logistic, exp_neg
 
 
 class DPOP(PreferenceLoss):
@@ -101,7 +101,9 @@ class AlphaPO(PreferenceLoss):
         r(y) = (1 - exp(-alpha a(y))) / alpha = (1 - pi(y|x)^(-alpha/|y|)) / alpha,
         loss = -log sigmoid(beta (r_w - r_l) - gamma).
 
-    alpha -> 0 is SimPO (r = a). alpha = 0.25 is this project's default (the
+    alpha -> 0 is SimPO (r = a). e^-x is continued linearly past x = 50
+    (gpo.losses.families.exp_neg), so extreme log-probs stay finite (TRL's
+    pow overflows to inf there). alpha = 0.25 is this project's default (the
     paper tunes alpha per model); gamma = 0.5 as `simpo`."""
 
     needs_reference = False
@@ -114,7 +116,8 @@ class AlphaPO(PreferenceLoss):
         self.alpha, self.gamma = float(alpha), float(gamma)
 
     def reward(self, mean_logp):
-        return -torch.expm1(-self.alpha * mean_logp) / self.alpha
+        # e^-x continued linearly past x = 50 (exp_neg): finite for a policy far from its data; exact elsewhere.
+        return (1.0 - exp_neg(self.alpha * mean_logp)) / self.alpha
 
     def forward(self, logps, beta):
         margin = self.reward(logps.policy_chosen_token_mean) - self.reward(logps.policy_rejected_token_mean)

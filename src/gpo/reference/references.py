@@ -89,7 +89,7 @@ class Reference:
         raise NotImplementedError
 
     def on_train_step(self, policy: torch.nn.Module, step: int) -> None:
-        """After optimizer step `step` (1-based): TR-DPO's update when due."""
+        """Once `step` optimizer steps are done (before the next): TR-DPO's update when due."""
 
     def state_dict(self) -> dict:
         """What a checkpoint must keep (a synced reference's weights)."""
@@ -126,7 +126,7 @@ class FrozenReference(Reference):
         return tokens.sums, tokens.values
 
     def on_train_step(self, policy, step):
-        if self.sync is not None and step % self.sync.every_n_steps == 0 and step != self._synced_at:
+        if self.sync is not None and step > 0 and step % self.sync.every_n_steps == 0 and step != self._synced_at:
             self.sync.mix(self._scorer, policy)
             self._synced_at = step
 

@@ -146,8 +146,10 @@ class GPOModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        self.reference.on_train_step(self.policy, self.global_step)  # TR-DPO's update when due
+    def on_train_batch_start(self, batch, batch_idx):
+        # TR-DPO's update after step `global_step`, made before the next step rather than at the end of this
+        # one: the checkpoint of a step is written first, so a resumed run makes the same update here.
+        self.reference.on_train_step(self.policy, self.global_step)
 
     def on_before_optimizer_step(self, optimizer):
         if not self._logs_this_step():

@@ -183,8 +183,11 @@ class Preferences:
         missing = [c for c in self.required_columns if c not in dataset.column_names]
         if missing:
             raise DataError(f"{where}: missing column(s) {missing}; the data has {dataset.column_names}")
-        return dataset.map(self.extract, remove_columns=dataset.column_names, num_proc=self.num_proc,
-                           desc=f"Extracting {where}")
+        # Numeric columns ride along (scores for margin=score, soft labels for labels=soft, gold rewards).
+        numeric = [name for name, feature in dataset.features.items() if name not in self.required_columns
+                   and str(getattr(feature, "dtype", "")).startswith(("int", "uint", "float"))]
+        return dataset.map(self.extract, remove_columns=[c for c in dataset.column_names if c not in numeric],
+                           num_proc=self.num_proc, desc=f"Extracting {where}")
 
 
 class HHRLHF(Preferences):
