@@ -63,12 +63,12 @@ class Prescribed(torch.nn.Module):
 
 def stand_in(**attributes):
     accelerator = SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda x: x, gather=lambda x: x)
-    return SimpleNamespace(accelerator=accelerator, aux_loss_enabled=False, _metrics=defaultdict(lambda: defaultdict(list)),
-                           _total_train_tokens=0, _tp_size=1, **attributes)
+    return SimpleNamespace(accelerator=accelerator, aux_loss_enabled=False, _total_train_tokens=0, _tp_size=1,
+                           _metrics=defaultdict(lambda: defaultdict(list)), **attributes)
 
 
 def sequences(lengths: np.ndarray):
-    """input_ids (first token = the row's id), attention and completion masks for rows of 1 prompt token + completion."""
+    """input_ids (first token = the row's id), attention and completion masks: 1 prompt token, then the completion."""
     n, width = len(lengths), int(lengths.max()) + 1
     positions = torch.arange(width)[None, :]
     attention = (positions <= torch.as_tensor(lengths)[:, None]).long()
@@ -217,7 +217,8 @@ def main(argv=None) -> int:
             worst = max(worst, abs(theirs - mine) / max(abs(theirs), 1e-12))
         agrees = worst <= (1e-6 if single else args.tolerance) and math.isfinite(worst)
         failures += not agrees
-        print(f"| `{trl_setting}` | `{ours_setting}` | {args.batches} | {worst:.1e} | {'yes' if agrees else '**no**'} |")
+        verdict = "yes" if agrees else "**no**"
+        print(f"| `{trl_setting}` | `{ours_setting}` | {args.batches} | {worst:.1e} | {verdict} |")
     return 1 if failures else 0
 
 

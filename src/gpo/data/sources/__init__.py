@@ -2,7 +2,13 @@
 the embedded synthetic task with a known gold reward (synthetic)."""
 
 from gpo.data.sources.preferences import HHRLHF, Preferences, TLDRComparisons, UltraFeedbackBinarized, UnpairedExamples
-from gpo.data.sources.synthetic import CappedCount, CopiedCharacters, PreferredCharacters, SyntheticPreferences
+from gpo.data.sources.synthetic import (
+    CappedCount,
+    CopiedCharacters,
+    PreferredCharacters,
+    PreferredFraction,
+    SyntheticPreferences,
+)
 
-__all__ = ["HHRLHF", "CappedCount", "CopiedCharacters", "Preferences", "PreferredCharacters",
+__all__ = ["HHRLHF", "CappedCount", "CopiedCharacters", "Preferences", "PreferredCharacters", "PreferredFraction",
            "SyntheticPreferences", "TLDRComparisons", "UltraFeedbackBinarized", "UnpairedExamples"]
