@@ -19,7 +19,9 @@ import argparse
 import contextlib
 import math
 import sys
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -192,6 +194,48 @@ CASES = [
 ]
 
 
+def precomputed_reference_per_alpha(directory: Path) -> tuple[float, float]:
+    """TRL 1.16's precompute_ref_log_probs with ld_alpha, for real: a DPOTrainer on a small
+    model and 16 pairs read from a JSON file (so `datasets` keeps cache files, as for any
+    real data) precomputes the reference column with ld_alpha=0.1, then a second one with
+    ld_alpha=0.9 on the same data and model, then a third with ld_alpha=0.9 on the same
+    pairs under another datasets cache directory (so nothing can be reused). Returns the
+    largest |difference| of the second's ref_chosen_logps from the first's and from the third's."""
+    import json
+    import random
+
+    from datasets import load_dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import DPOConfig
+
+    from gpo.model import char_tokenizer
+
+    rng = random.Random(0)
+    words = lambda n: "".join(rng.choice("abcdefgh") for _ in range(n))  # noqa: E731
+    rows = [{"prompt": words(4) + ":", "chosen": words(rng.randint(2, 12)), "rejected": words(rng.randint(2, 12))}
+            for _ in range(16)]
+    (directory / "pairs.json").write_text("\n".join(json.dumps(row) for row in rows))
+    tokenizer = char_tokenizer("abcdefgh:")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id)).float()
+
+    def reference_column(ld_alpha: float, cache: str) -> torch.Tensor:
+        data = load_dataset("json", data_files=str(directory / "pairs.json"), split="train",
+                            cache_dir=str(directory / cache))
+        config = DPOConfig(output_dir=str(directory / "out"), precompute_ref_log_probs=True, ld_alpha=ld_alpha,
+                           per_device_train_batch_size=4, report_to=[], use_cpu=True, bf16=False,
+                           gradient_checkpointing=False, max_length=64)
+        trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+        return torch.tensor(trainer.train_dataset["ref_chosen_logps"], dtype=torch.float64)
+
+    first, second, fresh = (reference_column(0.1, "hf"), reference_column(0.9, "hf"),
+                            reference_column(0.9, "hf-other"))
+    return float((second - first).abs().max()), float((second - fresh).abs().max())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=20, help="random batches per case (default 20)")
@@ -219,6 +263,12 @@ def main(argv=None) -> int:
         failures += not agrees
         verdict = "yes" if agrees else "**no**"
         print(f"| `{trl_setting}` | `{ours_setting}` | {args.batches} | {worst:.1e} | {verdict} |")
+    with tempfile.TemporaryDirectory() as directory:
+        stale, wrong = precomputed_reference_per_alpha(Path(directory))
+    verdict = "recomputed for the new ld_alpha" if wrong == 0 and stale > 0 else "**reused from the first run**"
+    print(f"\nTRL precompute_ref_log_probs with ld_alpha=0.1, then ld_alpha=0.9 on the same data and model: the "
+          f"second run's ref_chosen_logps differ from the first's by up to {stale:.3g} nats and from a fresh "
+          f"computation at ld_alpha=0.9 by up to {wrong:.3g} nats: {verdict}.")
     return 1 if failures else 0
 
 

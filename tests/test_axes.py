@@ -386,3 +386,40 @@ def test_every_axis_option_is_a_documented_axis_with_a_neutral_default():
         axis = option_object(group, option)
         assert axis.group == group and type(axis).__doc__
         assert axis.neutral == (option == defaults[group]), (group, option)
+
+
+# ------------------------------------------------------------------ TR-DPO's update
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+def test_sync_moves_each_parameter_alpha_of_the_way_to_the_policy(alpha):
+    from gpo.reference import Sync
+
+    torch.manual_seed(0)
+    policy, reference = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    Sync(alpha=alpha, every_n_steps=1).mix(reference, policy)
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(value, alpha * policy.state_dict()[name] + (1 - alpha) * before[name])
+    with pytest.raises(InputError, match="alpha must lie in"):
+        Sync(alpha=0.0)
+
+
+# ------------------------------------------------------------------ the length-controlled win rate
+
+
+def test_length_controlled_win_rate():
+    from gpo.evaluation.sampling import length_controlled_win_rate
+
+    rng = np.random.default_rng(0)
+    wins = rng.integers(0, 2, 400).astype(float)
+    assert length_controlled_win_rate(wins, np.zeros(400)) == pytest.approx(wins.mean(), abs=1e-3)  # no length term
+    longer = rng.normal(1.5, 3, 4000)  # the policy tends to be longer; its wins come from length alone
+    x = np.tanh(longer / longer.std())
+    by_length = (rng.random(4000) < 1 / (1 + np.exp(-2.5 * x))).astype(float)
+    assert by_length.mean() > 0.6  # a raw win rate well above 1/2 ...
+    assert length_controlled_win_rate(by_length, longer) == pytest.approx(0.5, abs=0.04)  # ... that is all length
+    skewed = rng.normal(2, 1, 400)  # the policy is longer, and wins when it is much longer
+    wins = (skewed + rng.normal(0, 0.5, 400) > 2.5).astype(float)
+    assert length_controlled_win_rate(wins, skewed) < wins.mean() - 0.05  # the length part taken out
+    assert length_controlled_win_rate(np.ones(50), rng.normal(0, 1, 50)) > 0.95  # every comparison won: finite, ~1

@@ -161,3 +161,35 @@ def test_the_readme_sweep_over_loss_rho_and_weighting_runs_eight_methods_the_rep
         for label in ("", " [rho=mean]", " [weighting=wpo]", " [rho=mean weighting=wpo]"))
     assert (report["n_finished"] == 1).all()
     assert (tmp_path / "diagnostics_vs_kl.png").exists()
+
+
+def test_diagnostics_start_at_the_initial_policy_and_are_in_the_summary(tmp_path):
+    """At step 0 the policy is the initial policy: no displacement, exactly; later the metrics move."""
+    summary = train(compose_train(["logger=csv", *FAST, *SMALL_TASK, "export.policy=false",
+                                   "callbacks.sample_evaluation.every_n_steps=2", "optimizer.lr=3e-3"],
+                                  output_dir=tmp_path))
+    start, end = summary.trajectory[0], summary.trajectory[-1]
+    assert start["step"] == 0 and end["step"] == 4
+    assert start["eval/logratio_chosen"] == 0.0 and start["eval/logratio_rejected"] == 0.0
+    assert start["eval/chosen_below_initial"] == 0.0
+    assert end["eval/logratio_chosen"] != 0.0 and 0.0 <= end["eval/chosen_below_initial"] <= 1.0
+    for key in ("eval/length", "eval/length_reference", "eval/lc_win_rate", "eval/logps_chosen"):
+        assert key in summary.metrics and key in end
+    assert 1 <= summary.metrics["eval/length"] <= 9 and 0.0 <= summary.metrics["eval/lc_win_rate"] <= 1.0
+
+
+def test_the_length_sensitive_task():
+    from gpo.data.sources import PreferredCharacters, PreferredFraction, SyntheticPreferences
+
+    task = SyntheticPreferences(label_reward=PreferredCharacters(), gold_reward=PreferredFraction(),
+                                min_response_length=2, response_length=12, num_pairs=400)
+    rows = task.preferences().to_list()
+    lengths = [len(r[side]) for r in rows for side in ("chosen", "rejected")]
+    assert min(lengths) == 2 and max(lengths) == 12
+    longer_wins = sum(len(r["chosen"]) > len(r["rejected"]) for r in rows)
+    shorter_wins = sum(len(r["chosen"]) < len(r["rejected"]) for r in rows)
+    assert longer_wins > 2 * shorter_wins  # the count labels favour length ...
+    assert all(0.0 <= r["gold_chosen"] <= 1.0 for r in rows)  # ... the gold fraction does not reward it
+    assert PreferredFraction()("x:", "abxy") == 0.5 and PreferredFraction()("x:", "") == 0.0
+    with pytest.raises(InputError, match="min_response_length"):
+        SyntheticPreferences(min_response_length=9, response_length=8)
