@@ -90,9 +90,11 @@ def train(cfg: DictConfig) -> RunSummary:
     with signal_handlers_kept():
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
 
+    run = identity(cfg)
     summary = RunSummary(
-        **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
-        theory=loss_fn.theory(), metrics={k: float(v) for k, v in sorted(trainer.callback_metrics.items())},
+        **run, beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
+        theory={} if run["method"] else loss_fn.theory(),  # the beta theory is about plain GPO's f(beta rho)
+        metrics={k: float(v) for k, v in sorted(trainer.callback_metrics.items())},
         data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
         resumed_from_step=module.resumed_from_step,
     )

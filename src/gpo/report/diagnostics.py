@@ -45,7 +45,9 @@ def plot_diagnostics(table: pd.DataFrame, path: str | Path) -> Path | None:
         if reference is not None and pd.notna(reference):
             ax.axhline(reference, color="grey", linestyle=":", label="reference policy")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("KL(π‖π_ref) (nats)")
+        if (table["eval/kl"].dropna() > 0).all():
+            ax.set_xscale("log")  # KL spans orders of magnitude across a beta grid
+        ax.set_xlabel("KL(π‖π_ref) (nats, log scale)" if ax.get_xscale() == "log" else "KL(π‖π_ref) (nats)")
         ax.set_ylabel(unit)
         ax.grid(True, alpha=0.3)
     handles, labels = unique_legend(fig)
