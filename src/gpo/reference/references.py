@@ -159,50 +159,51 @@ class CachedReference(Reference):
         key = digest(self.initial.key, type(datamodule.tokenizer).__name__, len(datamodule.tokenizer),
                      [token_digest(split, MODEL_INPUTS) for split in splits])
         rows = sum(len(split) for split in splits)
+
+        def computed(per_token: bool):  # with a model built for this only: none is kept through training
+            model = self.initial.model().to(device)
+            return [self._compute(model, split, datamodule, device, per_token) for split in splits]
+
         if tokens:  # one entry per data set and initial policy, whatever the axis and its hyperparameters
             lengths = torch.cat([response_lengths(split) for split in splits])
             self.tokens, outcome = self.initial.cache.get_or_build(
                 "reference_token_logps", key, lambda path: CachedTokens.read(path, lengths),
-                lambda path: self._compute(device, splits, datamodule, per_token=True).write(path),
+                lambda path: CachedTokens.concatenate(computed(per_token=True)).write(path),
                 describe={"pairs": rows, "tokens": int(lengths.sum())})
         else:
-            def write(directory):
-                torch.save(self._compute(device, splits, datamodule), directory / "logps.pt")
-
             def read(directory):
                 values = torch.load(directory / "logps.pt", map_location="cpu", weights_only=True)
                 if values.shape != (rows, 2) or not torch.isfinite(values).all():
                     raise ValueError(f"holds {tuple(values.shape)} values for {rows} pairs, or non-finite ones")
                 return values
 
-            self.values, outcome = self.initial.cache.get_or_build("reference_logps", key, read, write,
-                                                                   describe={"pairs": rows})
+            self.values, outcome = self.initial.cache.get_or_build(
+                "reference_logps", key, read, lambda path: torch.save(torch.cat(computed(per_token=False)),
+                                                                       path / "logps.pt"),
+                describe={"pairs": rows})
         log.info("Reference log-probs%s: %s in %.1f s (%s)", " per token" if tokens else "",
                  "computed" if outcome.status == "built" else "loaded from cache", outcome.seconds, outcome.path)
         return outcome
 
     @torch.no_grad()
-    def _compute(self, device, splits, datamodule, per_token: bool = False):
-        """Every pair's log-probs ([pairs, 2]), or per token (CachedTokens), with
-        a model built for this only (none is kept through training). Batches
+    def _compute(self, model, split, datamodule, device, per_token: bool = False):
+        """A split's log-probs ([pairs, 2]), or per token (CachedTokens). Batches
         built as in training (padded or packed: the same values to float
         tolerance); no DataLoader, because creating one draws from the global
         RNG and would change the run's shuffling."""
-        model = self.initial.model().to(device)
         bytes_per_pair = 2 * datamodule.max_length * model.config.vocab_size * 4
         batch_size = self.batch_size or max(datamodule.eval_batch_size,
                                             min(512, self.logits_budget_mb * 2**20 // bytes_per_pair))
         collate, out = datamodule.collator(), []
-        for split in splits:
-            for rows in split.select_columns(list(MODEL_INPUTS)).iter(batch_size=batch_size):
-                batch = collate([dict(zip(rows, values)) for values in zip(*rows.values())])
-                batch = {k: v.to(device) for k, v in batch.items()}
-                if per_token:
-                    tokens = self.logprobs.batch_tokens(model, batch)
-                    out.append(CachedTokens.from_batch(tokens.values.float().cpu(), tokens.mask.cpu()))
-                else:
-                    chosen, rejected = self.logprobs.pair_logps(model, batch)
-                    out.append(torch.stack([chosen, rejected], dim=1).float().cpu())
+        for rows in split.select_columns(list(MODEL_INPUTS)).iter(batch_size=batch_size):
+            batch = collate([dict(zip(rows, values)) for values in zip(*rows.values())])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            if per_token:
+                tokens = self.logprobs.batch_tokens(model, batch)
+                out.append(CachedTokens.from_batch(tokens.values.float().cpu(), tokens.mask.cpu()))
+            else:
+                chosen, rejected = self.logprobs.pair_logps(model, batch)
+                out.append(torch.stack([chosen, rejected], dim=1).float().cpu())
         return CachedTokens.concatenate(out) if per_token else torch.cat(out)
 
     def logps(self, batch):

@@ -62,8 +62,8 @@ class GPOModule(pl.LightningModule):
         self.rho, self.margin, self.labels = rho or Sum(), margin or NoMargin(), labels or HardLabels()
         self.weighting, self.beta_schedule = weighting or NoWeighting(), beta_schedule or Constant()
         self.aggregate = aggregate or Mean()
-        self.needs = frozenset().union(*(axis.needs for axis in (self.rho, self.margin, self.labels, self.weighting,
-                                                                 self.beta_schedule, self.aggregate)))
+        axes = (self.rho, self.margin, self.labels, self.weighting, self.beta_schedule, self.aggregate)
+        self.needs = frozenset().union(*(axis.needs for axis in axes))  # what the step computes beyond sums
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.resumed_from_step: int | None = None  # the checkpoint's step, when the run was resumed
         self.logprobs = logprobs or LogProbs()
