@@ -28,7 +28,8 @@ SMALL = ["experiment=paper_controlled", "data.source.num_pairs=600", "callbacks.
 def test_experiment_configs_compose_for_every_loss(experiment, loss, tmp_path):
     cfg = compose_train([f"experiment={experiment}", f"loss={loss}", "beta=0.3", "seed=2"], output_dir=tmp_path)
     assert cfg.experiment_name == experiment
-    assert cfg.loss == OmegaConf.load(Path(CONF, "loss", f"{loss}.yaml"))  # the experiment leaves the family as is
+    option = OmegaConf.load(Path(CONF, "loss", f"{loss}.yaml"))
+    assert cfg.loss == option.get("loss", option)  # the experiment leaves the family as is (kto: a global option)
     assert cfg.beta == 0.3 and cfg.seed == 2
     assert cfg.trainer.val_check_interval == cfg.trainer.max_steps  # the trade-off point is measured at the end
     assert cfg.callbacks.sample_evaluation.num_prompts >= 256

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 import gpo.losses as losses
 from conftest import compose_train
+from gpo.infra.errors import InputError
 from gpo.losses import GPOLoss, PairLogps, PreferenceLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +38,21 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def load(name, **overrides) -> PreferenceLoss:
+def loss_node(name):
+    """The loss node of a conf/loss yaml (a `# @package _global_` option, as kto's, holds it under `loss`)."""
     cfg = OmegaConf.load(LOSS_YAMLS[name])
+    return cfg.loss if "loss" in cfg and "_target_" not in cfg else cfg
+
+
+def load(name, **overrides) -> PreferenceLoss:
+    cfg = loss_node(name)
     cfg.merge_with(overrides)
     return instantiate(cfg)
 
 
 GPO_NAMES = [n for n in NAMES if isinstance(load(n), GPOLoss)]
+# Losses on preference pairs; KTO (unpaired examples) is checked in tests/test_axes.py.
+PAIR_NAMES = [n for n in NAMES if load(n).inputs is PairLogps]
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,6 +142,13 @@ REFERENCE = {  # class name -> reference(x, beta, **hyperparameters from the yam
     "SPPOHard": lambda x, b: (derived(x)[0] - 0.5 / b) ** 2 + (derived(x)[1] + 0.5 / b) ** 2,
     "ORPO": ref_orpo,
     "SFT": lambda x, b: -x.pc / x.lc,
+    "DPOP": lambda x, b, penalty: softplus(-b * (derived(x)[2] - penalty * np.maximum(0.0, -derived(x)[0]))),
+    "CalDPO": lambda x, b: (softplus(-derived(x)[2]) + 0.5 * ((derived(x)[0] - 1 / (2 * b)) ** 2
+                                                              + (derived(x)[1] + 1 / (2 * b)) ** 2)),
+    "CPO": lambda x, b, alpha: softplus(-b * (x.pc - x.pr)) - alpha * x.pc / x.lc,
+    "SimPER": lambda x, b: -np.exp(x.pc / x.lc) + np.exp(x.pr / x.lr),
+    "AlphaPO": lambda x, b, alpha, gamma: softplus(-(b * ((1 - np.exp(-alpha * x.pc / x.lc)) / alpha
+                                                          - (1 - np.exp(-alpha * x.pr / x.lr)) / alpha) - gamma)),
 }
 
 
@@ -165,12 +181,14 @@ def to_logps(x, dtype=torch.float64, reference=True, requires_grad=False):
 
 # Extra hyperparameter settings checked against the formulas beyond the yaml defaults.
 EXTRA = [("chipo", {"reward_bound": 0.5}), ("rpo", {"token_mean": True}), ("cdpo", {"eps": 0.0}),
-         ("robust", {"eps": 0.3}), ("exo", {"eps": 0.2}), ("discopop", {"tau": 0.5}), ("simpo", {"gamma": 2.0})]
+         ("robust", {"eps": 0.3}), ("exo", {"eps": 0.2}), ("discopop", {"tau": 0.5}), ("simpo", {"gamma": 2.0}),
+         ("dpop", {"penalty": 5.0}), ("cpo", {"alpha": 0.0}), ("alphapo", {"alpha": -0.5, "gamma": 1.0})]
 
 
-@pytest.mark.parametrize("name,overrides", [(n, {}) for n in NAMES] + EXTRA, ids=lambda v: str(v) if v else "defaults")
+@pytest.mark.parametrize("name,overrides", [(n, {}) for n in PAIR_NAMES] + EXTRA,
+                         ids=lambda v: str(v) if v else "defaults")
 def test_loss_matches_reference_formula(name, overrides):
-    cfg = OmegaConf.load(LOSS_YAMLS[name])
+    cfg = loss_node(name)
     cfg.merge_with(overrides)
     # BCO keeps its running shift in a float32 buffer (module state), so float32 rounding applies.
     rtol = 1e-6 if "BCO" in OmegaConf.to_yaml(cfg) else 1e-10
@@ -190,7 +208,7 @@ def test_chipo_clip_is_exercised_by_the_formula_test():
     assert (np.abs(beta * (lw - ll)) > 1.0).any()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", PAIR_NAMES)
 def test_gradient_matches_finite_differences(name):
     loss = load(name).eval()  # eval: BCO's shift stays fixed between gradcheck's calls
     x = random_pairs(n=6, seed=3)
@@ -248,7 +266,7 @@ def test_docs_table_lists_every_loss_config():
 # Numerical safety
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", PAIR_NAMES)
 def test_extreme_margins_give_finite_loss_and_gradient(name):
     """float32, log-probs down to -1e4, |beta * rho| up to 1e4 (beta = 0.5) and 2e4 (beta = 1)."""
     loss = load(name)
@@ -286,7 +304,7 @@ def test_log1mexp_is_accurate_and_finite():
 
 def test_reference_free_losses():
     free = {n for n in NAMES if not load(n).needs_reference}
-    assert {"simpo", "orpo", "sft"} <= free
+    assert {"simpo", "orpo", "sft", "cpo", "simper", "alphapo"} <= free
     x = random_pairs(n=8)
     for name in free:
         loss = load(name)
@@ -437,3 +455,33 @@ def test_savage_is_decreasing_but_not_convex_below_minus_log_two():
     assert (f.f(t).diff() < 0).all()
     second = f.f(t).diff().diff()
     assert (second[t[1:-1] < -math.log(2) - 0.05] < 0).all() and (second[t[1:-1] > -math.log(2) + 0.05] > 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# 2024-25 losses: what the formulas above do not cover
+# --------------------------------------------------------------------------------------------
+
+def test_dpop_takes_any_gpo_family_and_is_the_family_while_the_chosen_response_gains():
+    x, beta = random_pairs(seed=7), 0.5
+    lw, ll, rho, *_ = derived(x)
+    got = losses.DPOP(penalty=3.0, family=losses.Squared())(to_logps(x), beta).numpy()
+    np.testing.assert_allclose(got, (beta * (rho - 3.0 * np.maximum(0.0, -lw)) - 1) ** 2, rtol=1e-10)
+    gaining = lw > 0  # no penalty: DPOP is its family there
+    np.testing.assert_allclose(got[gaining], ((beta * rho - 1) ** 2)[gaining], rtol=1e-10)
+    assert gaining.any() and (~gaining).any()
+
+
+def test_alphapo_tends_to_simpo_as_alpha_tends_to_zero():
+    x = random_pairs(seed=8)
+    simpo = losses.SimPO(gamma=0.5)(to_logps(x), 2.0)
+    np.testing.assert_allclose(losses.AlphaPO(alpha=1e-7, gamma=0.5)(to_logps(x), 2.0), simpo, rtol=1e-5)
+    with pytest.raises(InputError, match="loss=simpo"):
+        losses.AlphaPO(alpha=0.0)
+
+
+def test_cal_dpo_calibration_pulls_the_implied_rewards_to_plus_minus_one_over_two_beta():
+    beta = 0.25
+    x = random_pairs(n=4, seed=9)
+    x.pc, x.pr = x.rc + 1 / (2 * beta), x.rr - 1 / (2 * beta)  # log-ratios at the calibration targets
+    got = losses.CalDPO()(to_logps(x), beta).numpy()
+    np.testing.assert_allclose(got, softplus(-1 / beta), rtol=1e-12)  # only the contrastive term is left

@@ -34,7 +34,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from gpo.data.sources import check_data_files
 from gpo.infra import console, interrupts, tracking
 from gpo.infra.cache import DiskCache
-from gpo.infra.config import check_config, instantiate, torch_threads
+from gpo.infra.config import CONF_DIR, check_config, instantiate, torch_threads
 from gpo.infra.errors import OneLineError, RunRefused
 from gpo.infra.interrupts import Interrupted
 from gpo.infra.run_lock import run_directory_lock
@@ -44,6 +44,7 @@ from gpo.model import LogProbs, compile_policy, device_for, export_policy, with_
 from gpo.reference import InitialPolicy, NoReference
 from gpo.sweeps.outcomes import note_refused_job
 from gpo.training import GPOModule, RunRecord
+from gpo.training.composition import AXES, Composition
 from gpo.training.identity import run_identity
 from gpo.training.resume import earlier_segments, finished_run, resume_checkpoint
 
@@ -78,23 +79,27 @@ def train(cfg: DictConfig) -> RunSummary:
     datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
     logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
     loss_fn = instantiate(cfg.loss)
+    axes = {group: instantiate(cfg[group]) for group in AXES if group in cfg}
     initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
                             cfg.trainer.accelerator, logprobs)
     reference = (instantiate(cfg.reference, initial=initial, logprobs=logprobs) if loss_fn.needs_reference
                  else NoReference(initial, logprobs))
-    # Before the SFT stage: bad input costs no compute.
-    reference.check(choice("loss", cfg), loss_fn.needs_reference, lora=cfg.model.get("lora") is not None)
+    # Before the SFT stage: bad input (or parts that cannot work together) costs no compute.
+    composition = Composition(loss_fn, reference, datamodule, lora=cfg.model.get("lora") is not None,
+                              names={group: choice(group, cfg) for group in ("loss", "reference", *AXES)}, **axes)
+    composition.check()
     interrupts.enter("during the SFT stage")
     stages = {"sft": initial.prepare(policy)}
     policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
     if cfg.model.get("compile"):
         compile_policy(policy)
     interrupts.enter("during the reference log-probs")
-    stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
+    stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator),
+                                          tokens="reference_tokens" in composition.needs)
     beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 
     module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
-                       logprobs)
+                       logprobs, **axes)
     logger = tracking.make_logger(cfg.logger, run_dir)
     record = RunRecord(experiment)  # the run's identity and its metrics, in every checkpoint
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=[*instantiate(cfg.callbacks).values(), record])
@@ -110,9 +115,11 @@ def train(cfg: DictConfig) -> RunSummary:
 
     interrupts.enter("after training")  # a signal received since its last step: its final checkpoint is written
     interrupts.enter("during the export")
+    run = identity(cfg)
     summary = RunSummary(
-        **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
-        theory=loss_fn.theory(), metrics=dict(record.metrics),  # the final ones, also of a run resumed at its end
+        **run, beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
+        theory={} if run["method"] else loss_fn.theory(),  # the beta theory is about plain GPO's f(beta rho)
+        metrics=dict(record.metrics),  # the final ones, also of a run resumed at its end
         data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
         resumed_from_step=module.resumed_from_step, segments=list(segments), identity=experiment,
     )
@@ -167,7 +174,23 @@ def choice(group: str, cfg: DictConfig) -> str:
 
 def identity(cfg: DictConfig) -> dict:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return {"loss": choice("loss", cfg), "beta_requested": cfg.beta, "seed": cfg.seed, "overrides": overrides}
+    return {"loss": choice("loss", cfg), "method": method(cfg), "beta_requested": cfg.beta, "seed": cfg.seed,
+            "overrides": overrides}
+
+
+def method(cfg: DictConfig) -> str:
+    """What the run trains besides its loss: the axis choices that differ from
+    conf/train.yaml's defaults, and a reference that moves (TR-DPO), e.g.
+    "rho=mean weighting=wpo" ("" for plain GPO). Part of a run's identity in the
+    summary and the sweep report, so that runs differing only there are never
+    averaged into one curve."""
+    defaults = {group: option for entry in OmegaConf.load(CONF_DIR / "train.yaml").defaults
+                if isinstance(entry, DictConfig) for group, option in entry.items()}
+    changed = [f"{group}={choice(group, cfg)}" for group in AXES
+               if choice(group, cfg) not in (defaults.get(group), "?")]
+    if cfg.get("reference", {}).get("sync") is not None:
+        changed.append(f"reference={choice('reference', cfg)}")
+    return " ".join(changed)
 
 
 def report_outcome(metrics: dict) -> None:

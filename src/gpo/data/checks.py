@@ -32,7 +32,7 @@ def check_forms(dataset: Dataset, where: str) -> None:
     """A text column holds text in every row, or lists of messages in every row, not both. (datasets reads
     such a column as JSON values: its text rows may come back as numbers, " 4" as 4, so any value that is
     not a list counts as text here.)"""
-    for column in TEXT_COLUMNS:
+    for column in (name for name in TEXT_COLUMNS if name in dataset.column_names):
         forms = defaultdict(list)
         for i, value in enumerate(dataset[column]):
             if value is not None:
@@ -61,14 +61,15 @@ def row_problem(row: dict) -> str:
     return ""
 
 
-def drop_unusable(dataset: Dataset, where: str, strict: bool) -> tuple[Dataset, dict[str, int]]:
-    """The usable rows and, by reason, how many were dropped."""
+def drop_unusable(dataset: Dataset, where: str, strict: bool, problem=row_problem) -> tuple[Dataset, dict[str, int]]:
+    """The usable rows and, by reason, how many were dropped (`problem`: row_problem for pairs,
+    gpo.data.unpaired.example_problem for unpaired examples)."""
     check_forms(dataset, where)
-    problems = [row_problem(row) for row in dataset]
+    problems = [problem(row) for row in dataset]
     rows = defaultdict(list)
-    for i, problem in enumerate(problems):
-        if problem:
-            rows[problem].append(i)
+    for i, reason in enumerate(problems):
+        if reason:
+            rows[reason].append(i)
     dropped = {reason: len(found) for reason, found in rows.items()}
     if strict and dropped:
         row = next(i for i, p in enumerate(problems) if p)
@@ -95,8 +96,11 @@ def check_split_sizes(pairs: int, val_fraction: float, where: str) -> None:
                         "or give validation data of its own (data.source.validation_files)")
 
 
+KEY_COLUMNS = (*TEXT_COLUMNS, "completion", "label")  # a pair, or an unpaired example (gpo.data.unpaired)
+
+
 def _key(row: dict) -> str:
-    return json.dumps([row[column] for column in TEXT_COLUMNS], sort_keys=True, default=str)
+    return json.dumps(list(row.values()), sort_keys=True, default=str)
 
 
 def drop_leaks(train: Dataset, validation: Dataset, where: str, held_out: bool) -> tuple[Dataset, dict[str, int]]:
@@ -107,9 +111,10 @@ def drop_leaks(train: Dataset, validation: Dataset, where: str, held_out: bool) 
     near 1 that says nothing). A validation split the data gives is the data's
     own: kept whole, the overlap warned about. Repeats within training are kept
     (a data set's own weighting), and warned about."""
-    seen = Counter(_key(row) for row in train.select_columns(list(TEXT_COLUMNS)))
+    columns = [column for column in KEY_COLUMNS if column in train.column_names]
+    seen = Counter(_key(row) for row in train.select_columns(columns))
     repeated = sum(count - 1 for count in seen.values())
-    leaks = [i for i, row in enumerate(validation.select_columns(list(TEXT_COLUMNS))) if _key(row) in seen]
+    leaks = [i for i, row in enumerate(validation.select_columns(columns)) if _key(row) in seen]
     if repeated or leaks:
         log.warning("%s: %d training pairs repeat an earlier one (kept); %d validation pairs are also training "
                     "pairs (%s): %s", where, repeated, len(leaks), rows_text(leaks) if leaks else "none",

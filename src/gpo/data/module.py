@@ -8,7 +8,9 @@ A *source* (gpo/data/sources) is any object with
   - `description`: where the data comes from, for messages;
 and optionally `demonstrations()` (prompt/response rows for an SFT stage),
 `evaluation_prompts(n)` and `gold_reward(prompt, response)` when the task has
-a known reward.
+a known reward. A source of unpaired examples (prompt, completion, label:
+gpo.data.unpaired) gives those columns instead; `unpaired=True` sees pairs as
+examples.
 
 Unusable rows (empty or non-text fields, chosen identical to rejected, a
 format that cannot be split) are dropped and counted by reason, or, with
@@ -29,10 +31,11 @@ from torch.utils.data import DataLoader
 
 from gpo.data.batching import LengthGroupedSampler, pair_lengths
 from gpo.data.chat import render_conversations
-from gpo.data.checks import check_split_sizes, drop_leaks, drop_unusable
+from gpo.data.checks import check_split_sizes, drop_leaks, drop_unusable, row_problem
 from gpo.data.gold import relabel
 from gpo.data.resumable import ResumableLoader, ResumableSampler
 from gpo.data.tokenization import PairCollator, tokenize_demonstrations, tokenize_split
+from gpo.data.unpaired import example_problem, examples_from_pairs, label_value, tokenize_examples
 from gpo.infra.cache import digest
 from gpo.infra.config import instantiate
 from gpo.infra.errors import DataError, InputError
@@ -95,6 +98,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         group_batches: int = 64,
         packing: bool = True,
         pack_length: int | None = None,
+        unpaired: bool = False,
     ):
         """`source` and `gold_reward` are objects or configs to instantiate
         (conf/data: `_recursive_: false`); given as configs, they name this
@@ -107,7 +111,9 @@ class PreferenceDataModule(pl.LightningDataModule):
         (gpo.data.batching; only with `shuffle`); `packing`: sequences end to
         end without padding, in rows of `pack_length` tokens (null: the
         batch's longest sequence; see gpo.data.tokenization.pack_sequences),
-        where the model can isolate packed sequences (`configure_packing`)."""
+        where the model can isolate packed sequences (`configure_packing`).
+        `unpaired`: see every pair as two unpaired examples (gpo.data.unpaired;
+        a source of examples sets it by itself)."""
         super().__init__()
         if max_prompt_length >= max_length:
             raise InputError(
@@ -127,6 +133,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.strict = strict
         self.group_by_length, self.group_batches = group_by_length, group_batches
         self.packing, self.pack_length = packing, pack_length
+        self.unpaired = unpaired
         self._gold_reward, self.relabel_temperature = _built(gold_reward), relabel_temperature
         if relabel_temperature is not None and self.gold_reward is None:
             raise InputError("data.relabel_temperature is set but there is no gold reward: set data.gold_reward")
@@ -146,7 +153,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         if not _is_config(source) or not (gold_reward is None or _is_config(gold_reward)):
             return None
         settings = (self.max_length, self.max_prompt_length, self.val_fraction, self.seed, self.strict,
-                    self.relabel_temperature)
+                    self.relabel_temperature, self.unpaired)
         return digest(source, gold_reward, file_stamps([source, gold_reward]), Hasher.hash(self.tokenizer), settings)
 
     @property
@@ -171,6 +178,11 @@ class PreferenceDataModule(pl.LightningDataModule):
 
     def _prepare(self) -> None:
         data = self.source.preferences()
+        first = data if isinstance(data, Dataset) else data["train"]
+        examples = "completion" in first.column_names  # a source of unpaired examples
+        self.unpaired = self.unpaired or examples
+        if examples and self.relabel_temperature is not None:
+            raise InputError("data.relabel_temperature relabels preference pairs; the data are unpaired examples")
         held_out = isinstance(data, Dataset)
         if held_out:  # checked whole, then a validation share held out
             data = self._validate({"train": data})["train"]
@@ -193,18 +205,24 @@ class PreferenceDataModule(pl.LightningDataModule):
                          for name, split in self.text.items()}
         offset = 0
         for name in ("train", "validation"):
-            tokenized, counts = tokenize_split(self.text[name], self.tokenizer, self.max_length,
-                                               self.max_prompt_length, self.num_proc, where[name])
+            if self.unpaired:
+                text = self.text[name] if examples else examples_from_pairs(self.text[name])
+                tokenized, counts = tokenize_examples(text, self.tokenizer, self.max_length, self.max_prompt_length,
+                                                      self.seed, where[name])
+            else:
+                tokenized, counts = tokenize_split(self.text[name], self.tokenizer, self.max_length,
+                                                   self.max_prompt_length, self.num_proc, where[name])
             if not len(tokenized):
                 raise DataError(f"{where[name]}: no usable pairs left ({counts})")
             self.tokenized[name] = tokenized.add_column("pair_id", list(range(offset, offset + len(tokenized))))
             self.report.setdefault(name, {}).update(counts)
             offset += len(tokenized)
         train, validation = self.report["train"], self.report["validation"]
-        log.info("Data: %s: %d train / %d validation pairs (truncated %d, dropped %d)", self.source.description,
-                 train["kept"], validation["kept"],
-                 sum(r["prompt_truncated"] + r["response_truncated"] for r in self.report.values()),
-                 sum(sum(r.get("dropped", {}).values()) + r["dropped_identical_after_truncation"]
+        log.info("Data: %s: %d train / %d validation %s (truncated %d, dropped %d)", self.source.description,
+                 train["kept"], validation["kept"], "examples" if self.unpaired else "pairs",
+                 sum(r.get("prompt_truncated", 0) + r.get("response_truncated", r.get("truncated", 0))
+                     for r in self.report.values()),
+                 sum(sum(r.get("dropped", {}).values()) + r.get("dropped_identical_after_truncation", 0)
                      for r in self.report.values()))
 
     def check_trainable(self) -> None:
@@ -218,7 +236,8 @@ class PreferenceDataModule(pl.LightningDataModule):
     def _validate(self, data: dict[str, Dataset]) -> dict[str, Dataset]:
         out = {}
         for name, split in data.items():
-            out[name], dropped = drop_unusable(split, f"{self.source.description} [{name}]", self.strict)
+            problem = example_problem if "completion" in split.column_names else row_problem
+            out[name], dropped = drop_unusable(split, f"{self.source.description} [{name}]", self.strict, problem)
             self.report[name] = {"read": len(split), "dropped": dropped}
         return out
 
@@ -244,6 +263,9 @@ class PreferenceDataModule(pl.LightningDataModule):
         if self._demonstrations is None:
             if hasattr(self.source, "demonstrations"):
                 text = self.source.demonstrations()
+            elif "completion" in self.text["train"].column_names:  # unpaired examples: the desirable ones
+                text = self.text["train"].filter(lambda row: label_value(row["label"])).select_columns(
+                    ["prompt", "completion"]).rename_column("completion", "response")
             else:
                 text = self.text["train"].select_columns(["prompt", "chosen"]).rename_column("chosen", "response")
             self._demonstrations = text.map(
@@ -284,6 +306,11 @@ class PreferenceDataModule(pl.LightningDataModule):
             collate_fn=self.collator(),
             generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
+
+    def fixed_loader(self, split: str) -> DataLoader:
+        """The split's batches in data order, as validation batches are: for
+        measurements that must see the same pairs every time (no sampler state)."""
+        return self._loader(split, self.eval_batch_size)
 
     def train_dataloader(self) -> DataLoader:
         # Epoch e's order is seeded by (shuffle_seed, e), this rank's share under DDP (Lightning keeps a

@@ -1,6 +1,8 @@
 """Lightning callbacks that measure a run: sample evaluation (KL, gold reward,
-win rate, and the offline regulariser, through training) and throughput."""
+win rate, length, the offline regulariser and likelihood displacement, through
+training) and throughput."""
 
+import itertools
 import logging
 import time
 
@@ -63,17 +65,50 @@ def offline_regulariser(module, loader, max_batches: int | None = None) -> float
             if max_batches is not None and i >= max_batches:
                 break
             logps = module.pair_logps({k: v.to(module.device) for k, v in batch.items()})
-            if logps.reference_chosen is None:
+            if getattr(logps, "reference_chosen", None) is None:  # no reference, or unpaired examples
                 return None
             total += float((logps.margin.double() ** 2).sum())
             count += len(logps.margin)
     return total / count / 2 if count else None
 
 
+@torch.no_grad()
+def likelihood_displacement(module, reference, loader, max_batches: int | None = None) -> dict[str, float]:
+    """Where the training data's log-probs went, over the first `max_batches`
+    batches of training pairs (a fixed set): the policy's mean log-prob of the
+    chosen and rejected responses, their mean log-ratios to the initial policy
+    (the reference, as sampling uses it), and the share of pairs whose chosen
+    response is now less likely than under the initial policy: the likelihood
+    displacement of DPO-style training (chosen and rejected both pushed down).
+    For unpaired examples, chosen = the desirable completions, rejected = the others."""
+    batches = [{k: v.to(module.device) for k, v in batch.items()} for batch in itertools.islice(loader, max_batches)]
+    with eval_mode(module.policy):
+        policy = [module.logprobs.pair_logps(module.policy, batch) for batch in batches]
+    with reference.model(module.device) as initial:  # (a LoRA policy with its adapters off: itself unusable here)
+        base = [module.logprobs.pair_logps(initial, batch) for batch in batches]
+    sums = {"chosen": [], "rejected": [], "chosen_initial": [], "rejected_initial": []}
+    for batch, ours, theirs in zip(batches, policy, base):
+        if "desirable" in batch:  # unpaired examples: the second sequence is a mismatched completion
+            good = batch["desirable"].bool()
+            ours, theirs = (ours[0][good], ours[0][~good]), (theirs[0][good], theirs[0][~good])
+        for key, values in zip(sums, (*ours, *theirs)):
+            sums[key].append(values.double().cpu())
+    chosen, rejected, chosen_initial, rejected_initial = (torch.cat(v) for v in sums.values())
+    return {  # NaN for a side with no pairs (unpaired data with one label only)
+        "eval/logps_chosen": float(chosen.mean()),
+        "eval/logps_rejected": float(rejected.mean()),
+        "eval/logratio_chosen": float((chosen - chosen_initial).mean()),
+        "eval/logratio_rejected": float((rejected - rejected_initial).mean()),
+        "eval/chosen_below_initial": float((chosen < chosen_initial).double().mean()),
+    }
+
+
 class SampleEvaluation(pl.Callback):
     """Samples from policy and reference on held-out prompts (the data
     module's `evaluation_prompts`) and measures KL(pi || pi_ref), gold reward
-    and win rate (when the data has a gold reward) and the offline regulariser:
+    and win rate (when the data has a gold reward), the samples' length and
+    the length-controlled win rate, the offline regulariser, and the
+    likelihood displacement of the training pairs (likelihood_displacement):
     at the end of training, and, with `every_n_steps`, also at step 0 and every
     n steps, so one run draws its own gold-vs-KL path (Gao et al. 2023).
 
@@ -125,6 +160,8 @@ class SampleEvaluation(pl.Callback):
         regulariser = offline_regulariser(module, datamodule.val_dataloader(), self.regulariser_batches)
         if regulariser is not None:
             metrics["eval/offline_regulariser"] = regulariser
+        metrics.update(likelihood_displacement(module, module.reference, datamodule.fixed_loader("train"),
+                                               self.regulariser_batches))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             if final and isinstance(logger, WandbLogger):

@@ -1,12 +1,22 @@
-"""Evaluation by sampling: KL(pi || pi_ref), gold reward and gold win rate.
+"""Evaluation by sampling: KL(pi || pi_ref), gold reward, gold win rate, and
+how long the samples are.
 
 KL is estimated from policy samples y ~ pi(.|x) as the mean of
 log pi(y|x) - log pi_ref(y|x) (unbiased), with its standard error. Sampling is
 plain ancestral sampling (temperature 1, no top-k/top-p) so the samples come
-from pi itself, which the estimator requires."""
+from pi itself, which the estimator requires.
+
+Length: the mean number of tokens of the samples (EOS included), and the
+length-controlled win rate, AlpacaEval 2's (Dubois et al. 2024, "Length-
+Controlled AlpacaEval", arXiv 2404.04475) with its length term only: a
+logistic regression of each prompt's win (1, 1/2 for a tie, 0) on
+tanh(length difference / its standard deviation), read at no length
+difference. A policy that wins by writing longer loses that part of its win rate.
+"""
 
 import math
 
+import numpy as np
 import torch
 
 from gpo.data.tokenization import encode_prompt, pad_sequences
@@ -19,6 +29,27 @@ def mean_and_stderr(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / n
     variance = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
     return mean, math.sqrt(variance / n)
+
+
+def length_controlled_win_rate(wins, length_differences, ridge: float = 1e-4) -> float:
+    """sigmoid(a) for the logistic regression P(win) = sigmoid(a + b tanh(d / std(d))),
+    fitted by Newton's method to the (possibly fractional) wins; a tiny ridge keeps
+    a, b finite when every comparison is won (or lost). Without length variation
+    it is the win rate itself."""
+    y = np.asarray(wins, dtype=float)
+    d = np.asarray(length_differences, dtype=float)
+    spread = d.std()
+    x = np.stack([np.ones_like(d), np.tanh(d / spread) if spread > 0 else np.zeros_like(d)], axis=1)
+    theta = np.zeros(2)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(x @ theta)))
+        gradient = x.T @ (p - y) + ridge * len(y) * theta
+        hessian = x.T @ (x * (p * (1 - p))[:, None]) + ridge * len(y) * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(1.0 / (1.0 + np.exp(-theta[0])))
 
 
 @torch.no_grad()
@@ -61,7 +92,7 @@ def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, m
     how log-probs are computed (the run's settings). The policy samples in
     eval mode and is back in its mode after, however this ends."""
     device, logprobs = next(policy.parameters()).device, logprobs or LogProbs()
-    kl, policy_gold, reference_gold, wins, rows = [], [], [], [], []
+    kl, policy_gold, reference_gold, wins, rows, lengths = [], [], [], [], [], []
     special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     with eval_mode(policy):
         for start in range(0, len(prompts), batch_size):
@@ -74,6 +105,7 @@ def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, m
                 reference_logps = response_logps(reference_lm, prompt_ids, policy_samples, tokenizer.pad_token_id,
                                                  logprobs)
             kl += (policy_logps - reference_logps).tolist()
+            lengths += [(len(ours), len(theirs)) for ours, theirs in zip(policy_samples, reference_samples)]
             for text, ours, theirs in zip(texts, policy_samples, reference_samples):
                 row = {
                     "prompt": text,
@@ -95,4 +127,9 @@ def evaluate_samples(policy, reference, tokenizer, prompts, max_prompt_length, m
         metrics["eval/gold_reward"], metrics["eval/gold_reward_stderr"] = mean_and_stderr(policy_gold)
         metrics["eval/gold_reward_reference"], _ = mean_and_stderr(reference_gold)
         metrics["eval/win_rate"], metrics["eval/win_rate_stderr"] = mean_and_stderr(wins)
+    ours, theirs = (np.array(side, dtype=float) for side in zip(*lengths))
+    metrics["eval/length"], metrics["eval/length_stderr"] = mean_and_stderr(ours.tolist())
+    metrics["eval/length_reference"] = float(theirs.mean())
+    if gold_reward is not None:
+        metrics["eval/lc_win_rate"] = length_controlled_win_rate(wins, ours - theirs)
     return metrics, rows

@@ -21,11 +21,40 @@ import torch
 
 
 @dataclass(frozen=True)
+class TokenLogps:
+    """Per-token log-probabilities of the response tokens, for the axes that
+    need more than sums (gpo.losses.rho: LD-DPO, SamPO; gpo.losses.weighting:
+    WPO). Rows as in a model batch: the chosen responses, then the rejected
+    ones ([2 x pairs, longest response]); `mask` marks real tokens (values
+    past a response's end are 0). `policy_log_sum_sq`: log sum_v pi(v|.)^2 at
+    each position (WPO's normaliser), when asked for."""
+
+    policy: torch.Tensor
+    reference: torch.Tensor | None
+    mask: torch.Tensor
+    policy_log_sum_sq: torch.Tensor | None = None
+
+    @staticmethod
+    def halves(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen rows, rejected rows)."""
+        return values.chunk(2)
+
+
+@dataclass(frozen=True)
 class PairLogps:
-    """log pi(y|x) summed over response tokens, one entry per pair.
+    """log pi(y|x) summed over response tokens, one entry per pair, and what the
+    method's axes (gpo.losses.rho, margin, labels, weighting) add to it.
 
     `reference_*` is None when the run has no reference model (reference-free
-    losses). Lengths count response tokens (EOS included), for length-normalised losses."""
+    losses). Lengths count response tokens (EOS included), for length-normalised losses.
+    The optional fields are None unless an axis sets them:
+      - chosen_score / rejected_score: what rho is the difference of, per
+        response, when the rho axis scores responses otherwise than by the
+        summed log-ratio (length-normalised, LD-DPO, SamPO, an f-divergence);
+      - offset: subtracted from t = beta * rho (R-DPO, ODPO), in units of t;
+      - preference: P(chosen preferred), for soft labels: p f(t) + (1-p) f(-t);
+      - weight: a per-pair weight on the loss (WPO, beta-DPO's filter);
+      - tokens: per-token log-probs, when an axis needs them."""
 
     policy_chosen: torch.Tensor
     policy_rejected: torch.Tensor
@@ -33,15 +62,29 @@ class PairLogps:
     reference_rejected: torch.Tensor | None
     chosen_length: torch.Tensor
     rejected_length: torch.Tensor
+    chosen_score: torch.Tensor | None = None
+    rejected_score: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
+    preference: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    tokens: TokenLogps | None = None
+
+    @classmethod
+    def from_batch(cls, policy, reference, batch, tokens: TokenLogps | None = None) -> "PairLogps":
+        """From a PairCollator batch and the (chosen, rejected) log-probs of policy and reference."""
+        return cls(*policy, *reference, batch["chosen_length"], batch["rejected_length"], tokens=tokens)
+
+    def __len__(self) -> int:
+        return len(self.policy_chosen)
 
     @property
     def chosen_logratio(self) -> torch.Tensor:
-        """log pi(y_w|x) - log pi_ref(y_w|x)."""
-        return self.policy_chosen - self.reference_chosen
+        """log pi(y_w|x) - log pi_ref(y_w|x), or the rho axis's score of y_w."""
+        return self.policy_chosen - self.reference_chosen if self.chosen_score is None else self.chosen_score
 
     @property
     def rejected_logratio(self) -> torch.Tensor:
-        return self.policy_rejected - self.reference_rejected
+        return self.policy_rejected - self.reference_rejected if self.rejected_score is None else self.rejected_score
 
     @property
     def margin(self) -> torch.Tensor:
@@ -57,15 +100,96 @@ class PairLogps:
     def policy_rejected_token_mean(self) -> torch.Tensor:
         return self.policy_rejected / self.rejected_length
 
+    def metrics(self, beta) -> dict[str, torch.Tensor]:
+        """Per-batch means: implied rewards beta * log-ratio (beta * log-prob for a
+        run without a reference), their margin and accuracy, log-probs and, with a
+        reference, the offline regulariser E_data[rho^2]/2 that the Taylor
+        expansion of every GPO loss exposes (GPO section 4)."""
+        with torch.no_grad():
+            has_reference = self.reference_chosen is not None
+            chosen = beta * (self.chosen_logratio if has_reference else self.policy_chosen)
+            rejected = beta * (self.rejected_logratio if has_reference else self.policy_rejected)
+            metrics = {
+                "rewards/chosen": chosen.mean(),
+                "rewards/rejected": rejected.mean(),
+                "rewards/margins": (chosen - rejected).mean(),
+                "rewards/accuracies": (chosen > rejected).float().mean(),
+                "logps/chosen": self.policy_chosen.mean(),
+                "logps/rejected": self.policy_rejected.mean(),
+            }
+            if has_reference:
+                metrics["offline_regulariser"] = (self.margin**2).mean() / 2
+        return metrics
+
+
+@dataclass(frozen=True)
+class ExampleLogps:
+    """Unpaired examples (KTO): log pi(y|x) of each example's completion and of
+    a mismatched completion y' (another example's, under this example's prompt)
+    whose log-ratio estimates the KL reference point; `desirable` is the
+    example's label."""
+
+    policy: torch.Tensor
+    reference: torch.Tensor
+    length: torch.Tensor
+    desirable: torch.Tensor  # bool
+    policy_mismatched: torch.Tensor
+    reference_mismatched: torch.Tensor
+    weight: torch.Tensor | None = None  # as PairLogps.weight (the aggregate reads it)
+
+    @classmethod
+    def from_batch(cls, policy, reference, batch, tokens=None) -> "ExampleLogps":
+        """From a batch of examples (gpo.data: each row holds an example's
+        completion and its mismatched completion, in that order) and the
+        (completion, mismatched) log-probs of policy and reference."""
+        return cls(policy[0], reference[0], batch["chosen_length"], batch["desirable"], policy[1], reference[1])
+
+    def __len__(self) -> int:
+        return len(self.policy)
+
+    @property
+    def logratio(self) -> torch.Tensor:
+        return self.policy - self.reference
+
+    @property
+    def kl_estimate(self) -> torch.Tensor:
+        """max(0, mean over the batch of log pi(y'|x) - log pi_ref(y'|x)), no
+        gradient: KTO's reference point z_0 (as TRL: detached, clamped at 0)."""
+        return (self.policy_mismatched - self.reference_mismatched).mean().detach().clamp(min=0)
+
+    def metrics(self, beta) -> dict[str, torch.Tensor]:
+        """As PairLogps.metrics, chosen = desirable examples, rejected = undesirable
+        ones (NaN for a label the batch lacks); accuracy: the share of examples
+        whose implied reward beta * l has the sign of its label; kl: z_0."""
+        with torch.no_grad():
+            rewards, good = beta * self.logratio, self.desirable.bool()
+            chosen, rejected = rewards[good].mean(), rewards[~good].mean()
+            return {
+                "rewards/chosen": chosen,
+                "rewards/rejected": rejected,
+                "rewards/margins": chosen - rejected,
+                "rewards/accuracies": ((rewards > 0) == good).float().mean(),
+                "logps/chosen": self.policy[good].mean(),
+                "logps/rejected": self.policy[~good].mean(),
+                "kl": self.kl_estimate,
+            }
+
 
 class PreferenceLoss(torch.nn.Module):
-    """loss_fn(logps, beta) -> per-pair loss. Subclasses set `needs_reference`
-    to False when they never read the reference log-probs: the run then builds
-    no reference model and caches nothing."""
+    """loss_fn(logps, beta) -> per-pair loss. What a subclass says about itself
+    (the run's compatibility check reads these, never the loss's name):
+      - `needs_reference = False`: it never reads the reference log-probs; the
+        run then builds no reference model and caches nothing;
+      - `inputs`: what the training step builds for it: `PairLogps` (pairs), or
+        `ExampleLogps` (unpaired examples: KTO);
+      - `normalises_length = True`: it averages log-probs over response tokens
+        itself, so a rho axis that rescales the log-ratios would count length twice."""
 
     needs_reference: bool = True
+    inputs: type = PairLogps
+    normalises_length: bool = False
 
-    def forward(self, logps: PairLogps, beta: float) -> torch.Tensor:
+    def forward(self, logps: PairLogps, beta) -> torch.Tensor:
         raise NotImplementedError
 
     def theory(self) -> dict[str, float]:
@@ -87,8 +211,14 @@ class GPOLoss(PreferenceLoss):
     def f(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, logps: PairLogps, beta: float) -> torch.Tensor:
-        return self.f(beta * logps.margin)
+    def forward(self, logps: PairLogps, beta) -> torch.Tensor:
+        t = beta * logps.margin
+        if logps.offset is not None:  # R-DPO, ODPO (gpo.losses.margin)
+            t = t - logps.offset
+        if logps.preference is None:
+            return self.f(t)
+        # Soft labels: the population loss of a pair whose chosen side wins with probability p.
+        return logps.preference * self.f(t) + (1 - logps.preference) * self.f(-t)
 
     @cached_property
     def _taylor(self) -> tuple[float, float, float]:

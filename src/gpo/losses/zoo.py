@@ -104,6 +104,8 @@ class IPOLengthNormalised(PreferenceLoss):
     version, scaled: (beta rho - 1)^2.
     """
 
+    normalises_length = True
+
     def forward(self, logps, beta):
         rho_ln = logps.chosen_logratio / logps.chosen_length - logps.rejected_logratio / logps.rejected_length
         return (rho_ln - 1.0 / (2.0 * beta)) ** 2
@@ -121,6 +123,7 @@ class SimPO(PreferenceLoss):
     """
 
     needs_reference = False
+    normalises_length = True
 
     def __init__(self, gamma: float = 0.5):
         super().__init__()
@@ -226,6 +229,7 @@ class ORPO(PreferenceLoss):
     """
 
     needs_reference = False
+    normalises_length = True
 
     def forward(self, logps, beta):
         aw, al = logps.policy_chosen_token_mean, logps.policy_rejected_token_mean

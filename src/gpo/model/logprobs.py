@@ -20,6 +20,7 @@ Two ways to get from hidden states to log-probs (`LogProbs.chunk_mb`):
 
 import logging
 import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,45 @@ def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def _head_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return _token_logps(head(hidden), targets)
+
+
+def log_sum_squared_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log sum_v p_v^2 of softmax(logits) over the last dimension, in float32
+    (WPO's per-position normaliser: logsumexp(2 z) - 2 logsumexp(z))."""
+    logits = logits.float()
+    return torch.logsumexp(2 * logits, dim=-1) - 2 * torch.logsumexp(logits, dim=-1)
+
+
+@torch.no_grad()
+def chunked_log_sum_squared_probs(head: torch.nn.Module, hidden: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    return torch.cat([log_sum_squared_probs(head(h)) for h in hidden.detach().split(chunk_tokens)])
+
+
+def pad_by_sequence(values: torch.Tensor, owner: torch.Tensor, num_sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat per-token values with the sequence each belongs to -> ([sequences, longest], mask),
+    each sequence's values in their original order from column 0, zeros past its end."""
+    counts = torch.bincount(owner, minlength=num_sequences)
+    width = int(counts.max()) if len(values) else 0
+    order = torch.argsort(owner, stable=True)
+    row = owner[order]
+    column = torch.arange(len(values), device=values.device) - (torch.cumsum(counts, 0) - counts)[row]
+    padded = values.new_zeros(num_sequences, width).index_put((row, column), values[order])
+    mask = torch.zeros(num_sequences, width, dtype=torch.bool, device=values.device).index_put(
+        (row, column), torch.ones_like(row, dtype=torch.bool))
+    return padded, mask
+
+
+@dataclass(frozen=True)
+class ResponseTokens:
+    """Per-sequence response log-probs and their per-token parts: `sums` [n]
+    (exactly what sequence_logps returns), `values` and `mask` [n, longest
+    response] (values 0 past a response's end), and with `square_norm`
+    `log_sum_sq` [n, longest]: log sum_v pi(v|.)^2 at each position, no gradient."""
+
+    sums: torch.Tensor
+    values: torch.Tensor
+    mask: torch.Tensor
+    log_sum_sq: torch.Tensor | None = None
 
 
 def chunked_token_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
@@ -109,13 +149,10 @@ class LogProbs:
                      "full-vocabulary logits for it (logprobs.chunk_mb applies to plain heads)", type(model).__name__)
         return ok
 
-    def sequence_logps(self, model, input_ids, attention_mask=None, response_mask=None, *, position_ids=None,
-                       sequence_ids=None, num_sequences: int | None = None) -> torch.Tensor:
-        """log pi(y|x) of every sequence: the sum of its response tokens'
-        log-probs (prompt and padding positions are excluded by
-        `response_mask`). One forward pass for the batch. Padded layout:
-        `attention_mask`; packed layout: `position_ids`, `sequence_ids`,
-        `num_sequences` (see the module docstring)."""
+    def _response_tokens(self, model, input_ids, attention_mask, response_mask, position_ids, sequence_ids,
+                         num_sequences, square_norm: bool = False):
+        """(log-prob of every response token, flat; the sequence each belongs to;
+        the number of sequences; log sum_v p_v^2 per token with `square_norm`, else None)."""
         packed = sequence_ids is not None
         if packed:
             attention_mask = None  # transformers detects packed rows from position_ids only without a mask
@@ -129,25 +166,61 @@ class LogProbs:
         else:
             num_sequences = len(input_ids)
             owner = torch.arange(len(input_ids), device=input_ids.device)[:, None].expand_as(mask)[mask]
+        square = None
         if self.uses_chunks(model):
             decoder, head = _causal_lm_parts(model)
             hidden = decoder(**inputs)[0][:, :-1][mask]
-            token_logps = chunked_token_logps(head, hidden, targets[mask], self.chunk_tokens(head.weight.shape[0]))
+            chunk = self.chunk_tokens(head.weight.shape[0])
+            token_logps = chunked_token_logps(head, hidden, targets[mask], chunk)
+            if square_norm:
+                square = chunked_log_sum_squared_probs(head, hidden, chunk)
         else:
             logits = model(**inputs).logits[:, :-1]
             token_logps = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")[mask]
+            if square_norm:
+                with torch.no_grad():
+                    square = log_sum_squared_probs(logits[mask])
+        return token_logps, owner, num_sequences, square
+
+    def sequence_logps(self, model, input_ids, attention_mask=None, response_mask=None, *, position_ids=None,
+                       sequence_ids=None, num_sequences: int | None = None) -> torch.Tensor:
+        """log pi(y|x) of every sequence: the sum of its response tokens'
+        log-probs (prompt and padding positions are excluded by
+        `response_mask`). One forward pass for the batch. Padded layout:
+        `attention_mask`; packed layout: `position_ids`, `sequence_ids`,
+        `num_sequences` (see the module docstring)."""
+        token_logps, owner, num_sequences, _ = self._response_tokens(
+            model, input_ids, attention_mask, response_mask, position_ids, sequence_ids, num_sequences)
         return token_logps.new_zeros(num_sequences).index_add(0, owner, token_logps)
+
+    def sequence_tokens(self, model, input_ids, attention_mask=None, response_mask=None, *, position_ids=None,
+                        sequence_ids=None, num_sequences: int | None = None,
+                        square_norm: bool = False) -> ResponseTokens:
+        """As sequence_logps (the same sums, from the same forward pass), with
+        the per-token log-probs kept (ResponseTokens), for the axes that read tokens."""
+        token_logps, owner, num_sequences, square = self._response_tokens(
+            model, input_ids, attention_mask, response_mask, position_ids, sequence_ids, num_sequences, square_norm)
+        values, mask = pad_by_sequence(token_logps, owner, num_sequences)
+        return ResponseTokens(token_logps.new_zeros(num_sequences).index_add(0, owner, token_logps), values, mask,
+                              None if square is None else pad_by_sequence(square, owner, num_sequences)[0])
 
     def batch_logps(self, model, batch) -> torch.Tensor:
         """Log-probs of every sequence of a PairCollator batch, either layout
         (chosen sequences first, then rejected)."""
-        return self.sequence_logps(
-            model, batch["input_ids"], batch.get("attention_mask"), batch["response_mask"],
-            position_ids=batch.get("position_ids"), sequence_ids=batch.get("sequence_ids"),
-            num_sequences=2 * len(batch["chosen_length"]) if "sequence_ids" in batch else None,
-        )
+        return self.sequence_logps(model, batch["input_ids"], **_layout(batch))
+
+    def batch_tokens(self, model, batch, square_norm: bool = False) -> ResponseTokens:
+        """batch_logps with the per-token log-probs kept (rows: chosen sequences, then rejected)."""
+        return self.sequence_tokens(model, batch["input_ids"], **_layout(batch), square_norm=square_norm)
 
     def pair_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) log-probs of a batch built by PairCollator."""
         return self.batch_logps(model, batch).chunk(2)
 
+
+
+def _layout(batch) -> dict:
+    """The layout arguments of sequence_logps for a PairCollator batch (two sequences per row)."""
+    return dict(attention_mask=batch.get("attention_mask"), response_mask=batch["response_mask"],
+                position_ids=batch.get("position_ids"), sequence_ids=batch.get("sequence_ids"),
+                num_sequences=2 * len(batch["chosen_length"]) if "sequence_ids" in batch else None)

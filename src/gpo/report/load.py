@@ -76,8 +76,8 @@ def runs_frame(summaries: dict[str, RunSummary]) -> pd.DataFrame:
     """One row per run (see the module docstring for the columns)."""
     records = []
     for path, s in summaries.items():
-        record = {"loss": s.loss, "beta": s.beta, "seed": s.seed, "status": s.status, "error": s.error,
-                  "beta_requested": s.beta_requested, "beta_scale": s.beta_scale,
+        record = {"loss": series_label(s.loss, s.method), "beta": s.beta, "seed": s.seed, "status": s.status,
+                  "error": s.error, "beta_requested": s.beta_requested, "beta_scale": s.beta_scale,
                   "overrides": list(s.overrides), "path": path, "loss_config": dict(s.loss_config),
                   "preference_probabilities": preference_probabilities(s.data), "wall_time_s": s.wall_time_s}
         record.update({k: v for k, v in s.theory.items() if k in THEORY_FIELDS})
@@ -86,6 +86,13 @@ def runs_frame(summaries: dict[str, RunSummary]) -> pd.DataFrame:
             record.setdefault(*parsed)
         records.append(record)
     return normalise(pd.DataFrame.from_records(records))
+
+
+def series_label(loss: str, method: str) -> str:
+    """A run's family in the report: its loss, and the method's non-default axes
+    (gpo.run.method) when there are any, e.g. "dpo [rho=mean]": runs that differ
+    in an axis are never averaged into one curve."""
+    return f"{loss} [{method}]" if method else loss
 
 
 def trajectories_frame(summaries: dict[str, RunSummary], runs: pd.DataFrame | None = None) -> pd.DataFrame:

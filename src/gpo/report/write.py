@@ -15,6 +15,7 @@ import pandas as pd
 from gpo.report.advisor import gap_advice, ratio_advice
 from gpo.report.analysis import aggregate, aggregate_trajectories, failed_runs, present
 from gpo.report.best_beta import best_beta, csv_frame
+from gpo.report.diagnostics import plot_diagnostics
 from gpo.report.gao import gao_fits
 from gpo.report.gaps import largest_gap, matched_kl_beta_ratios, matched_kl_gaps
 from gpo.report.load import load_sweep, metric_columns, override_columns
@@ -79,6 +80,7 @@ def _plots(directory: Path, report: Report) -> list[Path]:
              plot_trajectories(steps, table, directory / "trajectories_win_rate.png", "eval/win_rate"),
              plot_trajectories(steps, table, directory / "trajectories_gold_reward.png", "eval/gold_reward"),
              plot_regulariser(steps, directory / "regulariser_vs_kl.png"),
+             plot_diagnostics(table, directory / "diagnostics_vs_kl.png"),
              plot_best_beta(report.best, directory / "best_beta.png") if report.best is not None else None]
     if by and report.beta_ratios is not None:
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", by)

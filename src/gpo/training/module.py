@@ -1,8 +1,17 @@
-"""The training module: a policy, a reference and a preference loss.
+"""The training module: a policy, a reference, a preference loss and the axes
+beside it (gpo.losses.axes).
 
 One step: log-probs of chosen and rejected under the policy (one forward
-pass) and the reference, packed as `PairLogps`; the loss is the mean of
-loss_fn(logps, beta). The module never looks at which loss it holds.
+pass) and the reference, as the loss's inputs (`PairLogps`, or `ExampleLogps`
+for unpaired examples), per token where an axis asks; then
+
+    logps = rho(logps) -> margin -> labels -> weighting
+    beta, logps = beta_schedule(beta, logps, progress)   (progress: a callable, the share of training done)
+    loss = aggregate(loss_fn, logps, beta)
+
+with the defaults (rho=sum, margin=none, labels=hard, weighting=none,
+beta_schedule=constant, aggregate=mean) the mean of loss_fn(logps, beta). The
+module never looks at which loss or which option it holds.
 """
 
 from collections.abc import Callable
@@ -12,7 +21,11 @@ import torch
 from pytorch_lightning.utilities import grad_norm
 
 from gpo.infra.errors import RunError
-from gpo.losses import PairLogps, PreferenceLoss
+from gpo.losses import PreferenceLoss, TokenLogps
+from gpo.losses.aggregate import Aggregate, Mean
+from gpo.losses.axes import Axis, HardLabels, NoMargin, NoWeighting
+from gpo.losses.rho import Rho, Sum
+from gpo.losses.schedules import BetaSchedule, Constant
 from gpo.model.logprobs import LogProbs
 from gpo.reference import Reference
 from gpo.training.checkpoints import restore_rng_state, rng_state
@@ -20,28 +33,6 @@ from gpo.training.checkpoints import restore_rng_state, rng_state
 
 class NonFiniteLossError(RunError, FloatingPointError):
     pass
-
-
-def pair_metrics(logps: PairLogps, beta: float) -> dict[str, torch.Tensor]:
-    """Per-batch means: implied rewards beta * log-ratio (beta * log-prob for a
-    run without a reference), their margin and accuracy, log-probs and, with a
-    reference, the offline regulariser E_data[rho^2]/2 that the Taylor
-    expansion of every GPO loss exposes (GPO section 4)."""
-    with torch.no_grad():
-        has_reference = logps.reference_chosen is not None
-        chosen = beta * (logps.chosen_logratio if has_reference else logps.policy_chosen)
-        rejected = beta * (logps.rejected_logratio if has_reference else logps.policy_rejected)
-        metrics = {
-            "rewards/chosen": chosen.mean(),
-            "rewards/rejected": rejected.mean(),
-            "rewards/margins": (chosen - rejected).mean(),
-            "rewards/accuracies": (chosen > rejected).float().mean(),
-            "logps/chosen": logps.policy_chosen.mean(),
-            "logps/rejected": logps.policy_rejected.mean(),
-        }
-        if has_reference:
-            metrics["offline_regulariser"] = (logps.margin**2).mean() / 2
-    return metrics
 
 
 class GPOModule(pl.LightningModule):
@@ -54,24 +45,53 @@ class GPOModule(pl.LightningModule):
         optimizer: Callable,
         scheduler: Callable | None = None,
         logprobs: LogProbs | None = None,
+        rho: Rho | None = None,
+        margin: Axis | None = None,
+        labels: Axis | None = None,
+        weighting: Axis | None = None,
+        beta_schedule: BetaSchedule | None = None,
+        aggregate: Aggregate | None = None,
     ):
         super().__init__()
         self.policy = policy
         self.loss_fn = loss_fn  # a submodule: state such as BCO's running reward shift is checkpointed
-        # Not a torch module: its model, if any, is frozen, outside the optimizer and the checkpoints.
+        # Not a torch module: its model, if any, is frozen, outside the optimizer and the checkpoints
+        # (a TR-DPO reference's moving weights are the exception: on_save_checkpoint).
         self.reference = reference
         self.beta = beta
+        # The axes (conf groups of the same names); submodules, so their state is checkpointed too.
+        self.rho, self.margin, self.labels = rho or Sum(), margin or NoMargin(), labels or HardLabels()
+        self.weighting, self.beta_schedule = weighting or NoWeighting(), beta_schedule or Constant()
+        self.aggregate = aggregate or Mean()
+        axes = (self.rho, self.margin, self.labels, self.weighting, self.beta_schedule, self.aggregate)
+        self.needs = frozenset().union(*(axis.needs for axis in axes))  # what the step computes beyond sums
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.resumed_from_step: int | None = None  # the checkpoint's step, when the run was resumed
         self.logprobs = logprobs or LogProbs()
 
     flops_per_batch = None  # unknown for an arbitrary model; tells ThroughputMonitor not to ask
 
-    def pair_logps(self, batch) -> PairLogps:
-        policy_chosen, policy_rejected = self.logprobs.pair_logps(self.policy, batch)
-        reference_chosen, reference_rejected = self.reference.logps(batch)
-        return PairLogps(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
-                         batch["chosen_length"], batch["rejected_length"])
+    def pair_logps(self, batch):
+        """The loss's inputs for `batch`: summed log-probs of policy and reference
+        (and per-token ones where an axis needs them)."""
+        if "policy_tokens" not in self.needs:  # the fast path: sums only
+            policy = self.logprobs.pair_logps(self.policy, batch)
+            return self.loss_fn.inputs.from_batch(policy, self.reference.logps(batch), batch)
+        response = self.logprobs.batch_tokens(self.policy, batch, square_norm="policy_square_norm" in self.needs)
+        reference_values = None
+        if "reference_tokens" in self.needs:
+            reference_sums, reference_values = self.reference.token_logps(batch)
+            reference = reference_sums.chunk(2)
+        else:
+            reference = self.reference.logps(batch)
+        tokens = TokenLogps(response.values, reference_values, response.mask, response.log_sum_sq)
+        return self.loss_fn.inputs.from_batch(response.sums.chunk(2), reference, batch, tokens)
+
+    def progress(self) -> float:
+        """The share of training done (beta schedules)."""
+        trainer = self._trainer
+        total = trainer.estimated_stepping_batches if trainer is not None else 0
+        return self.global_step / total if total and total != float("inf") else 0.0
 
     def _logs_this_step(self) -> bool:
         """Whether this training step's metrics reach the loggers or are the
@@ -95,11 +115,15 @@ class GPOModule(pl.LightningModule):
         return due or trainer.should_stop or last
 
     def _step(self, batch, stage: str) -> torch.Tensor:
-        logps = self.pair_logps(batch)
-        loss = self.loss_fn(logps, self.beta).mean()
+        logps = self.rho(self.pair_logps(batch), batch, self.global_step)
+        logps = self.weighting(self.labels(self.margin(logps, batch), batch), batch)
+        beta, logps = self.beta_schedule(self.beta, logps, self.progress)
+        loss = self.aggregate(self.loss_fn, logps, beta)
         if stage == "train" and not self._logs_this_step():
             return loss
-        metrics = {"loss": loss.detach(), **pair_metrics(logps, self.beta)}
+        metrics = {"loss": loss.detach(), **logps.metrics(beta)}
+        if not self.beta_schedule.neutral:
+            metrics["beta"] = torch.as_tensor(float(beta))
         for key in ("gold_chosen", "gold_rejected"):
             if key in batch:
                 metrics[key.replace("_", "/")] = batch[key].float().mean()
@@ -107,7 +131,7 @@ class GPOModule(pl.LightningModule):
         self.log_dict(
             {f"{stage}/{name}": value for name, value in metrics.items()},
             # sync_dist on train steps too: under DDP each rank sees only its share of the global batch.
-            on_step=on_step, on_epoch=not on_step, batch_size=len(logps.policy_chosen), sync_dist=True,
+            on_step=on_step, on_epoch=not on_step, batch_size=len(logps), sync_dist=True,
         )
         return loss
 
@@ -125,6 +149,11 @@ class GPOModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
+    def on_train_batch_start(self, batch, batch_idx):
+        # TR-DPO's update after step `global_step`, made before the next step rather than at the end of this
+        # one: the checkpoint of a step is written first, so a resumed run makes the same update here.
+        self.reference.on_train_step(self.policy, self.global_step)
+
     def on_before_optimizer_step(self, optimizer):
         if not self._logs_this_step():
             return
@@ -134,11 +163,15 @@ class GPOModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # Lightning restores weights, optimizer, scheduler and loops; the global RNGs (dropout) are ours to keep.
         checkpoint["rng_state"] = rng_state()
+        reference = self.reference.state_dict()  # a TR-DPO reference's moving weights; {} for the others
+        if reference:
+            checkpoint["reference_state"] = reference
 
     def on_load_checkpoint(self, checkpoint):
         self.resumed_from_step = checkpoint["global_step"]
         if "rng_state" in checkpoint:
             restore_rng_state(checkpoint["rng_state"])
+        self.reference.load_state_dict(checkpoint.get("reference_state", {}))
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)

@@ -6,9 +6,17 @@ from gpo.data.sources.preferences import (
     Preferences,
     TLDRComparisons,
     UltraFeedbackBinarized,
+    UnpairedExamples,
     check_data_files,
 )
-from gpo.data.sources.synthetic import CappedCount, CopiedCharacters, PreferredCharacters, SyntheticPreferences
+from gpo.data.sources.synthetic import (
+    CappedCount,
+    CopiedCharacters,
+    PreferredCharacters,
+    PreferredFraction,
+    SyntheticPreferences,
+)
 
-__all__ = ["HHRLHF", "CappedCount", "CopiedCharacters", "Preferences", "PreferredCharacters",
-           "SyntheticPreferences", "TLDRComparisons", "UltraFeedbackBinarized", "check_data_files"]
+__all__ = ["HHRLHF", "CappedCount", "CopiedCharacters", "Preferences", "PreferredCharacters", "PreferredFraction",
+           "SyntheticPreferences", "TLDRComparisons", "UltraFeedbackBinarized", "UnpairedExamples",
+           "check_data_files"]

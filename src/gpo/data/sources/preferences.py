@@ -202,8 +202,11 @@ class Preferences:
         missing = [c for c in self.required_columns if c not in dataset.column_names]
         if missing:
             raise DataError(f"{where}: missing column(s) {missing}; the data has {dataset.column_names}")
-        return dataset.map(self.extract, remove_columns=dataset.column_names, num_proc=self.num_proc,
-                           desc=f"Extracting {where}")
+        # Numeric columns ride along (scores for margin=score, soft labels for labels=soft, gold rewards).
+        numeric = [name for name, feature in dataset.features.items() if name not in self.required_columns
+                   and str(getattr(feature, "dtype", "")).startswith(("int", "uint", "float"))]
+        return dataset.map(self.extract, remove_columns=[c for c in dataset.column_names if c not in numeric],
+                           num_proc=self.num_proc, desc=f"Extracting {where}")
 
 
 class HHRLHF(Preferences):
@@ -294,4 +297,20 @@ class TLDRComparisons(Preferences):
         return out
 
 
-__all__ = ["HHRLHF", "Preferences", "TLDRComparisons", "UltraFeedbackBinarized", "check_data_files"]
+class UnpairedExamples(Preferences):
+    """Unpaired examples for KTO (gpo.data.unpaired): a prompt, one completion
+    and a desirable/undesirable label per row (true/false, 1/0, or
+    desirable/undesirable), columns named by the *_column arguments, as TRL's
+    unpaired preference format (prompt, completion, label). Plain text only."""
+
+    def __init__(self, prompt_column: str = "prompt", completion_column: str = "completion",
+                 label_column: str = "label", **load_kwargs):
+        super().__init__(**load_kwargs)
+        self.columns = {"prompt": prompt_column, "completion": completion_column, "label": label_column}
+
+    def extract(self, row: dict) -> dict:
+        return {key: row[column] for key, column in self.columns.items()} | {"problem": ""}
+
+
+__all__ = ["HHRLHF", "Preferences", "TLDRComparisons", "UltraFeedbackBinarized", "UnpairedExamples",
+           "check_data_files"]

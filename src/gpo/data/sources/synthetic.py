@@ -44,6 +44,14 @@ class CopiedCharacters:
         return float(sum(ch in seen for ch in response))
 
 
+class PreferredFraction(PreferredCharacters):
+    """The share of response characters in `characters` (0 for an empty
+    response): what the count measures, without rewarding length."""
+
+    def __call__(self, prompt: str, response: str) -> float:
+        return super().__call__(prompt, response) / len(response) if response else 0.0
+
+
 class CappedCount(PreferredCharacters):
     """The count n of preferred characters up to `cap`; each one beyond it
     costs `penalty`: n if n <= cap, else cap - penalty * (n - cap). Too much
@@ -69,6 +77,7 @@ class SyntheticPreferences:
         alphabet_size: int = 16,
         prompt_length: int = 4,
         response_length: int = 8,
+        min_response_length: int | None = None,
         copy_prob: float = 0.3,
         reward_temperature: float = 1.0,
         seed: int = 0,
@@ -77,7 +86,10 @@ class SyntheticPreferences:
         """`seed` fixes the task (demonstrations, hence the SFT reference, and
         the evaluation prompts); `pairs_seed` (default: `seed`) the sample of
         preference pairs and their label draws, so seeds of a sweep can vary
-        the data while sharing one reference."""
+        the data while sharing one reference. `min_response_length`: responses
+        of min_response_length..response_length characters, uniformly (None:
+        all of response_length), for tasks where length matters
+        (conf/experiment/length_bias.yaml)."""
         if not 1 <= alphabet_size <= 26:
             raise InputError(f"data.source.alphabet_size must be in [1, 26], got {alphabet_size}")
         if not reward_temperature > 0:
@@ -87,6 +99,10 @@ class SyntheticPreferences:
         self.num_demonstrations = num_demonstrations
         self.prompt_length = prompt_length
         self.response_length = response_length
+        if min_response_length is not None and not 1 <= min_response_length <= response_length:
+            raise InputError(f"data.source.min_response_length must lie in [1, response_length={response_length}], "
+                             f"got {min_response_length}")
+        self.min_response_length = min_response_length
         self.copy_prob = copy_prob
         self.reward_temperature = reward_temperature
         self.seed = seed
@@ -105,9 +121,11 @@ class SyntheticPreferences:
         return "".join(rng.choices(self.alphabet, k=self.prompt_length)) + ":"
 
     def _behaviour_response(self, rng: random.Random, prompt: str) -> str:
+        length = (self.response_length if self.min_response_length is None
+                  else rng.randint(self.min_response_length, self.response_length))
         return "".join(
             rng.choice(prompt[:-1]) if rng.random() < self.copy_prob else rng.choice(self.alphabet)
-            for _ in range(self.response_length)
+            for _ in range(length)
         )
 
     def preferences(self) -> Dataset:
