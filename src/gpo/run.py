@@ -15,7 +15,8 @@ finished run skipped, an interrupted one resumed (gpo.training.resume).
 import logging
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import pytorch_lightning as pl
 import torch
@@ -28,7 +29,7 @@ from gpo.infra.cache import DiskCache
 from gpo.infra.config import check_config, instantiate, torch_threads
 from gpo.infra.errors import InputError
 from gpo.infra.summary import FAILED, RunSummary, SummaryContributor
-from gpo.losses.scaling import beta_scale_factor
+from gpo.losses.scaling import beta_scale_factor, planned_beta
 from gpo.model import LogProbs, compile_policy, device_for, export_policy, with_lora
 from gpo.reference import InitialPolicy, NoReference
 from gpo.training import GPOModule, Interrupted
@@ -38,19 +39,58 @@ from gpo.training.resume import finished_run, resume_checkpoint
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig) -> RunSummary:
-    start = time.perf_counter()
-    check_config(cfg)
-    console.configure(cfg.get("verbose", False))
-    run_dir = HydraConfig.get().runtime.output_dir
-    checkpoint = resume_checkpoint(cfg, run_dir)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+def setup_job(cfg: DictConfig) -> None:
+    """Before anything is built: the config checked, the console, the seed, torch's threads."""
     devices = cfg.trainer.get("devices", 1)
+    processes = (devices if isinstance(devices, int) else 1) * cfg.trainer.get("num_nodes", 1)
+    console.configure(cfg.get("verbose", False), processes)  # first: a bad-input error prints once
+    check_config(cfg)
+    console.announce_changes(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
                             isinstance(devices, int) else 1)
     if threads:
         torch.set_num_threads(threads)
 
+
+@dataclass
+class Composed:
+    """One run's parts, composed from the config (the data flow above)."""
+    module: GPOModule
+    datamodule: object
+    tokenizer: object
+    trainer: pl.Trainer
+    logger: object
+    beta: float  # the beta the loss uses (after beta_scale)
+    beta_scale: str
+    stages: dict = field(default_factory=dict)  # sft / reference: how long, built or loaded from the cache
+
+    def summary(self, cfg: DictConfig, start: float, **fields) -> RunSummary:
+        """The run's record: final metrics, data counts, stage timings, what the callbacks measured."""
+        summary = RunSummary(
+            **identity(cfg, self.beta, self.beta_scale), loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
+            theory=self.module.loss_fn.theory(), data=self.datamodule.summary(),
+            metrics={k: float(v) for k, v in sorted(self.trainer.callback_metrics.items())},
+            stages={name: asdict(s) for name, s in self.stages.items() if s is not None}, **fields)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, SummaryContributor):
+                callback.contribute(summary)
+        summary.wall_time_s = time.perf_counter() - start
+        return summary
+
+    def record(self, summary: RunSummary, run_dir: str) -> None:
+        """summary.json and the W&B run summary (rank 0's: it has the sample evaluation); the W&B run closed."""
+        if self.trainer.is_global_zero:
+            summary.write(run_dir)
+            tracking.record_summary(self.logger, summary)
+        tracking.finish()  # the next job of a multirun in this process starts a fresh W&B run
+        log.info("%s", console.headline(summary, run_dir))
+
+
+def compose(cfg: DictConfig, run_dir: str, logger_name: str = "") -> Composed:
+    """Policy, data, initial policy (SFT stage), reference, loss and beta, the
+    training module, the logger and the trainer, as the config says. Bad input
+    fails before the SFT stage: it costs no compute."""
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
@@ -74,37 +114,39 @@ def train(cfg: DictConfig) -> RunSummary:
 
     module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                        logprobs)
-    logger = tracking.make_logger(cfg.logger, run_dir)
+    logger = tracking.make_logger(cfg.logger, run_dir,
+                                  name=f"{logger_name}{choice('loss', cfg)}-{beta_name(beta, cfg.beta)}")
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
-    tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
-    log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
+    # The W&B config's beta is the one the loss uses, as in summary.json: one meaning of beta everywhere.
+    tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta": beta,
+                                    "beta_requested": cfg.beta, "beta_scale": beta_scale})
+    return Composed(module, datamodule, tokenizer, trainer, logger, beta, beta_scale, stages)
+
+
+def train(cfg: DictConfig) -> RunSummary:
+    start = time.perf_counter()
+    setup_job(cfg)
+    run_dir = HydraConfig.get().runtime.output_dir
+    checkpoint = resume_checkpoint(cfg, run_dir)
+    run = compose(cfg, run_dir)
+    policy, trainer = run.module.policy, run.trainer
+    log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), run.beta,
              cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
     if checkpoint is not None:
         log.info("Resuming from %s", checkpoint)
     # weights_only: a resumed checkpoint is data, never code; the process's own signal handlers back however fit ends.
     with signal_handlers_kept():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=checkpoint, weights_only=True)
 
-    summary = RunSummary(
-        **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
-        theory=loss_fn.theory(), metrics={k: float(v) for k, v in sorted(trainer.callback_metrics.items())},
-        data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
-        resumed_from_step=module.resumed_from_step,
-    )
-    for callback in trainer.callbacks:
-        if isinstance(callback, SummaryContributor):
-            callback.contribute(summary)
+    summary = run.summary(cfg, start, resumed_from_step=run.module.resumed_from_step)
     export = cfg.get("export") or {}
     if trainer.is_global_zero and export.get("policy", False):  # under DDP every rank runs train()
-        exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False), trainer.strategy)
+        exported = export_policy(run.module.policy, run.tokenizer, run_dir, export.get("merged", False),
+                                 trainer.strategy)
         if exported is not None:
             summary.stages["export"] = asdict(exported)
     summary.wall_time_s = time.perf_counter() - start
-    if trainer.is_global_zero:  # rank 0's summary has the sample evaluation
-        summary.write(run_dir)
-        tracking.record_summary(logger, summary.metrics)
-    tracking.finish()  # the next job of a multirun in this process starts a fresh W&B run
-    report_outcome(summary.metrics)
+    run.record(summary, run_dir)
     return summary
 
 
@@ -129,24 +171,45 @@ def choice(group: str, cfg: DictConfig) -> str:
     return "?"
 
 
-def identity(cfg: DictConfig) -> dict:
+def identity(cfg: DictConfig, beta: float | None = None, beta_scale: str | None = None) -> dict:
+    """What names a run in its summary: loss, seed, overrides, `beta` (the
+    value the loss used; for a run that failed before reading its data,
+    the one the config implies: gpo.losses.scaling.planned_beta) and
+    `beta_requested` (the value given)."""
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return {"loss": choice("loss", cfg), "beta_requested": cfg.beta, "seed": cfg.seed, "overrides": overrides}
+    mode = cfg.get("beta_scale", "none")
+    if beta is None:
+        beta = planned_beta(cfg.beta, mode, cfg.loss)
+        beta = cfg.beta if beta is None else beta
+    return {"loss": choice("loss", cfg), "beta": beta, "beta_requested": cfg.beta, "beta_scale": beta_scale or mode,
+            "seed": cfg.seed, "overrides": overrides}
 
 
-def report_outcome(metrics: dict) -> None:
-    if "eval/gold_reward" in metrics:
-        policy, reference = metrics["eval/gold_reward"], metrics["eval/gold_reward_reference"]
-        log.info(
-            "Gold reward of samples: policy %.3f vs reference %.3f (%s); win rate %.3f; KL %.3f; val accuracy %.3f",
-            policy, reference, "went up" if policy > reference else "did not go up",
-            metrics["eval/win_rate"], metrics["eval/kl"], metrics.get("val/rewards/accuracies", float("nan")),
-        )
+def beta_name(used, requested) -> str:
+    """The beta in run and folder names: `beta<used>`, and `-requested<given>`
+    when beta_scale changed it (`beta0.2-requested0.1`)."""
+    return f"beta{requested}" if used == requested else f"beta{used:.4g}-requested{requested}"
 
 
-def run_job(cfg: DictConfig) -> float | None:
-    """Train; on failure leave a record for the sweep report and close the W&B
-    run as failed (checkpoints and logs already written stay where they are).
+def folder_beta(beta, mode, loss_cfg) -> str:
+    """`${beta_label:${beta},${beta_scale},${loss}}` (conf/train.yaml): the beta
+    of a run's folder name, known before the run starts. Under beta_scale=link
+    the beta used depends on the data's preference probabilities, read only by
+    the run: `requested<given>-link` (the W&B run name, summary.json and the
+    report give the value used)."""
+    if mode == "link":
+        return f"requested{beta}-link"
+    used = planned_beta(beta, mode, loss_cfg)
+    return beta_name(beta if used is None else used, beta)
+
+
+OmegaConf.register_new_resolver("beta_label", folder_beta, replace=True)
+
+
+def run_job(cfg: DictConfig, job: Callable[[DictConfig], RunSummary] = train) -> float | None:
+    """Train (or run `job`: src/evaluate.py's evaluation); on failure leave a
+    record for the sweep report and close the W&B run as failed (checkpoints
+    and logs already written stay where they are).
     A run directory whose summary.json says finished is skipped (resume=false
     trains it again). Returns `optimized_metric` (the first of a list that the
     run measured) for Hydra sweepers."""
@@ -156,22 +219,22 @@ def run_job(cfg: DictConfig) -> float | None:
         log.info("%s: finished already (summary.json); skipped (resume=false trains it again)", run_dir)
         return done.objective(cfg.get("optimized_metric"))
     try:
-        summary = train(cfg)
+        summary = job(cfg)
     except Interrupted as stop:  # a preemption signal: checkpointed at this step; requeue and stop the process
-        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=f"Interrupted: {stop}").write(run_dir)
+        RunSummary(**identity(cfg), status=FAILED, error=f"Interrupted: {stop}").write(run_dir)
         tracking.finish(exit_code=1, preempted=True)
         log.warning("Interrupted: %s", stop)
         stop.hand_over()
         sys.exit(f"interrupted: {stop}")
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
-        RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=message).write(run_dir)
+        RunSummary(**identity(cfg), status=FAILED, error=message).write(run_dir)
         tracking.finish(exit_code=1)
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # let the other jobs of the sweep run
             log.error("Job failed: %s", message, exc_info=not isinstance(error, InputError))
             return None
         if isinstance(error, InputError):  # bad input: one clear line, no traceback
-            log.error("%s", error)
+            log.error("%s", error, extra=console.FILE_ONLY)  # in train.log; the console gets the line below
             sys.exit(f"error: {error}")
         raise
     return summary.objective(cfg.get("optimized_metric"))

@@ -37,6 +37,15 @@ def resume_dir(resume, default: str) -> str:
 OmegaConf.register_new_resolver("resume_dir", resume_dir, replace=True)
 
 
+def job_number(num) -> str:
+    """hydra.sweep.subdir's job number, zero-padded to 3 digits so that `ls`
+    lists jobs in order (000, 001, ..., 010); longer past 999."""
+    return f"{int(num):03d}"
+
+
+OmegaConf.register_new_resolver("job_number", job_number, replace=True)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

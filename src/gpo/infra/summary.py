@@ -38,6 +38,7 @@ class RunSummary:
     data: dict = field(default_factory=dict)  # per split: pairs kept, truncated, dropped; preference probabilities
     stages: dict = field(default_factory=dict)  # sft / reference: {"status": ..., "seconds": ...}
     resumed_from_step: int | None = None  # the checkpoint's step when the run continued one (gpo.training.resume)
+    evaluated: str | None = None  # src/evaluate.py: the policy evaluated (a checkpoint, a Hugging Face model path)
     wall_time_s: float | None = None
 
     @property

@@ -65,6 +65,7 @@ def pretrained_causal_lm(
         tokenizer.chat_template = chat_template
     policy = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                   **model_kwargs)
+    policy.train()  # from_pretrained returns eval mode (no dropout); a policy is built to be trained, as from_config's
     if gradient_checkpointing:
         # Non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA).
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -14,6 +14,7 @@ import torch
 
 from gpo.data.tokenization import token_digest
 from gpo.infra.cache import DiskCache, Outcome, digest
+from gpo.infra.console import progress
 from gpo.model.logprobs import LogProbs
 from gpo.reference.sft import supervised_finetune
 
@@ -54,9 +55,13 @@ class InitialPolicy:
             return None
 
         def write(directory):
-            log.info("SFT stage: training %d steps on the demonstrations", self.sft["steps"])
-            supervised_finetune(model, self.datamodule.demonstrations(), self.datamodule.tokenizer.pad_token_id,
-                                accelerator=self.accelerator, logprobs=self.logprobs, **self.sft)
+            demonstrations = self.datamodule.demonstrations()
+            log.info("SFT stage: %d steps on %d demonstrations, to make the initial policy a sensible reference; "
+                     "once per model and data, cached after (in %s). model.sft.steps=0 skips it",
+                     self.sft["steps"], len(demonstrations), self.cache.root)
+            with progress("SFT stage", self.sft["steps"], "steps") as advance:
+                supervised_finetune(model, demonstrations, self.datamodule.tokenizer.pad_token_id,
+                                    accelerator=self.accelerator, logprobs=self.logprobs, on_step=advance, **self.sft)
             torch.save(model.state_dict(), directory / WEIGHTS)
 
         _, outcome = self.cache.get_or_build("sft", self._sft_entry_key(), lambda path: self._load(model, path), write,

@@ -20,6 +20,7 @@ from peft import PeftModel
 
 from gpo.data.tokenization import token_digest
 from gpo.infra.cache import Outcome, digest
+from gpo.infra.console import progress
 from gpo.infra.errors import InputError
 from gpo.model.logprobs import LogProbs
 from gpo.model.runtime import eval_mode
@@ -89,7 +90,8 @@ class CachedReference(Reference):
 
         def write(directory):  # a model only for this: none is kept through training
             model = self.initial.model().to(device)
-            values = torch.cat([self._compute(model, split, datamodule, device) for split in splits])
+            with progress("Reference log-probs", rows, "pairs") as advance:
+                values = torch.cat([self._compute(model, split, datamodule, device, advance) for split in splits])
             torch.save(values, directory / "logps.pt")
 
         def read(directory):
@@ -105,7 +107,7 @@ class CachedReference(Reference):
         return outcome
 
     @torch.no_grad()
-    def _compute(self, model, split, datamodule, device) -> torch.Tensor:
+    def _compute(self, model, split, datamodule, device, advance=lambda n: None) -> torch.Tensor:
         """Batches built as in training (padded or packed: the same values to
         float tolerance); no DataLoader, because creating one draws from the
         global RNG and would change the run's shuffling."""
@@ -117,6 +119,7 @@ class CachedReference(Reference):
             batch = collate([dict(zip(rows, values)) for values in zip(*rows.values())])
             chosen, rejected = self.logprobs.pair_logps(model, {k: v.to(device) for k, v in batch.items()})
             out.append(torch.stack([chosen, rejected], dim=1).float().cpu())
+            advance(len(chosen))
         return torch.cat(out)
 
     def logps(self, batch):
