@@ -37,6 +37,7 @@ def char_tokenizer(alphabet: str = string.printable) -> PreTrainedTokenizerFast:
 def tiny_causal_lm(config: PretrainedConfig, alphabet: str = string.printable, seed: int = 0):
     """A small random-weight causal LM whose vocabulary is the char tokenizer's."""
     tokenizer = char_tokenizer(alphabet)
+    tokenizer.model_max_length = config.max_position_embeddings  # saved with the export (else 1e30: "no limit")
     config.vocab_size = len(tokenizer)
     config.pad_token_id = tokenizer.pad_token_id
     config.bos_token_id = tokenizer.bos_token_id
