@@ -5,6 +5,7 @@ import json
 
 import pytest
 import yaml
+from transformers import AutoTokenizer
 
 from conftest import FAST, SMALL_TASK, compose_train
 from gpo.evaluate import evaluate, policy_source, with_run_overrides
@@ -53,6 +54,8 @@ def test_an_exported_policy_is_evaluated_with_its_weights(trained_run, tmp_path)
     # The exported weights are the trained ones: the same validation loss (not the initial policy's, log 2).
     assert summary.metrics["val/loss"] == pytest.approx(trained.metrics["val/loss"], rel=1e-4)
     assert summary.metrics["val/loss"] != pytest.approx(0.6931, abs=1e-4)
+    # Its tokenizer says the model's real limit (128 positions), not transformers' "no limit" (1e30).
+    assert AutoTokenizer.from_pretrained(run_dir / "policy").model_max_length == 128
 
 
 def test_the_run_overrides_come_first_and_the_command_line_wins(tmp_path):
@@ -81,4 +84,4 @@ def test_a_missing_policy_is_one_line_before_any_compute(tmp_path, monkeypatch):
 def test_a_checkpoint_of_another_model_is_named(trained_run, tmp_path):
     run_dir, _ = trained_run
     with pytest.raises(InputError, match="its weights do not fit the configured model"):
-        evaluate_with([f"policy={run_dir}", "model.policy.config.hidden_size=32"], tmp_path)
+        evaluate_with([f"policy={run_dir}", "model.policy.config.hidden_size=32", "model.sft.steps=0"], tmp_path)
