@@ -119,6 +119,6 @@ def evaluate(cfg: DictConfig) -> RunSummary:
         load_weights(run.module, checkpoint)
     log.info("Evaluating %s", checkpoint or model_path)
     run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)  # its final line says what it measured
-    summary = run.summary(cfg, start, evaluated=str(checkpoint or model_path))
-    run.record(summary, out_dir)
+    summary = run.summary(cfg, evaluated=str(checkpoint or model_path))
+    run.record(summary, out_dir, start)
     return summary

@@ -65,7 +65,7 @@ class Composed:
     beta_scale: str
     stages: dict = field(default_factory=dict)  # sft / reference: how long, built or loaded from the cache
 
-    def summary(self, cfg: DictConfig, start: float, **fields) -> RunSummary:
+    def summary(self, cfg: DictConfig, **fields) -> RunSummary:
         """The run's record: final metrics, data counts, stage timings, what the callbacks measured."""
         summary = RunSummary(
             **identity(cfg, self.beta, self.beta_scale), loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
@@ -75,11 +75,12 @@ class Composed:
         for callback in self.trainer.callbacks:
             if isinstance(callback, SummaryContributor):
                 callback.contribute(summary)
-        summary.wall_time_s = time.perf_counter() - start
         return summary
 
-    def record(self, summary: RunSummary, run_dir: str) -> None:
-        """summary.json and the W&B run summary (rank 0's: it has the sample evaluation); the W&B run closed."""
+    def record(self, summary: RunSummary, run_dir: str, start: float) -> None:
+        """summary.json and the W&B run summary (rank 0's: it has the sample
+        evaluation), the job's wall time since `start`; the W&B run closed."""
+        summary.wall_time_s = time.perf_counter() - start
         if self.trainer.is_global_zero:
             summary.write(run_dir)
             tracking.record_summary(self.logger, summary)
@@ -138,15 +139,14 @@ def train(cfg: DictConfig) -> RunSummary:
     with signal_handlers_kept():
         trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=checkpoint, weights_only=True)
 
-    summary = run.summary(cfg, start, resumed_from_step=run.module.resumed_from_step)
+    summary = run.summary(cfg, resumed_from_step=run.module.resumed_from_step)
     export = cfg.get("export") or {}
     if trainer.is_global_zero and export.get("policy", False):  # under DDP every rank runs train()
         exported = export_policy(run.module.policy, run.tokenizer, run_dir, export.get("merged", False),
                                  trainer.strategy)
         if exported is not None:
             summary.stages["export"] = asdict(exported)
-    summary.wall_time_s = time.perf_counter() - start
-    run.record(summary, run_dir)
+    run.record(summary, run_dir, start)
     return summary
 
 

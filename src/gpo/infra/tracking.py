@@ -4,7 +4,7 @@ one room for everything W&B-specific.
     logger = make_logger(cfg.logger, run_dir, name)   # continues this run directory's W&B run
     record_config(logger, config)                     # secrets masked (config and command line)
     record_summary(logger, summary)                   # summary.json's run fields and metrics in the W&B summary
-    finish(exit_code, preempted)                # close the run, wait for its files
+    finish(exit_code, preempted)                      # close the run, wait for its files
 
 Other loggers (conf/logger/csv.yaml) pass through untouched.
 """
