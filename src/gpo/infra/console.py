@@ -63,10 +63,12 @@ def configure(verbose: bool = False, processes: int = 1) -> None:
         library.propagate = True
     if processes <= 1:
         warnings.filterwarnings("ignore", message=SRUN_HINT)
-    if verbose:
+    if verbose:  # the libraries' defaults, also after a quiet job of the same process
         datasets.enable_progress_bars()
         transformers.logging.enable_progress_bar()
         huggingface_hub.utils.enable_progress_bars()
+        datasets.logging.set_verbosity_warning()
+        transformers.logging.set_verbosity_warning()
         return
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()  # "Loading weights", "Writing model shards" (the export)
