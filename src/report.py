@@ -1,8 +1,8 @@
 """Sweep report CLI: tables, intervals and plots for a Hydra multirun of GPO jobs.
 
-    python src/report.py multirun/2024-06-01/12-00-00
-    python src/report.py multirun/... --by data.source.reward_temperature --reference ipo
-    python src/report.py out_dir --wandb-group my-sweep --wandb-project gpo
+    python src/report.py outputs/multirun/2026-06-01_12-00-00
+    python src/report.py outputs/multirun/... --by data.source.reward_temperature --reference ipo
+    python src/report.py outputs/multirun/... --wandb-group my-sweep --wandb-project gpo
 
 Writes report.csv (one row per (loss, β)), best_beta.csv (one row per family:
 best β, ratio to the reference, 95% intervals where the data support one),

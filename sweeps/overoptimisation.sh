@@ -5,10 +5,11 @@
 #   2. the label-temperature check: DPO and IPO at reward_temperature 2 and 4,
 #      6 betas, one seed = 24 runs (temperature 1 is part 1);
 #   3. the sweep reports (best beta with bootstrap intervals, theory ratios,
-#      matched-KL ratios by temperature) and the figures, copied to docs/figures/overopt_*.png.
-#   bash sweeps/overoptimisation.sh                     # ~25 min on 2 CPU cores (joblib, 2 jobs)
+#      matched-KL ratios by temperature) and the figures, in the sweep directory.
+#   bash sweeps/overoptimisation.sh                            # ~25 min on 2 CPU cores (joblib, 2 jobs)
+#   FIGURES=docs/figures bash sweeps/overoptimisation.sh       # also replace the tracked docs/figures/overopt_*.png
 # Smaller, for a smoke test of the chain (extra arguments go to both multiruns):
-#   LOSSES=dpo,ipo BETAS=0.5,1 SEEDS=1 TEMPERATURE_BETAS=0.5,1 FIGURES=none bash sweeps/overoptimisation.sh trainer.max_steps=20
+#   LOSSES=dpo,ipo BETAS=0.5,1 SEEDS=1 TEMPERATURE_BETAS=0.5,1 bash sweeps/overoptimisation.sh trainer.max_steps=20
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,7 @@ losses="${LOSSES:-glob([dpo,ipo,slic,exponential,truncated_quadratic,savage])}"
 betas="${BETAS:-0.177,0.25,0.354,0.5,0.707,1,1.41,2,2.83,4}"
 seeds="${SEEDS:-1,2,3}"
 temperature_betas="${TEMPERATURE_BETAS:-0.0625,0.125,0.25,0.5,1,2}"
-figures="${FIGURES:-docs/figures}"   # "none": leave the committed figures alone
+figures="${FIGURES:-none}"   # a directory: copy the figures there (opt-in: docs/figures holds tracked files)
 dir="outputs/multirun/overoptimisation/$(date +%Y-%m-%d_%H-%M-%S)"
 parallel=(hydra/launcher=joblib hydra.launcher.n_jobs="${JOBS:-2}")
 

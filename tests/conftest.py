@@ -51,12 +51,13 @@ def shared_cache(tmp_path_factory):
     return cache
 
 
-def compose_train(overrides=(), output_dir=None):
-    """Compose conf/train.yaml the way `python src/train.py` would, with the
-    Hydra runtime config set so `${hydra:...}` interpolations resolve."""
+def compose_train(overrides=(), output_dir=None, config_name="train"):
+    """Compose conf/train.yaml (or conf/<config_name>.yaml) the way `python
+    src/train.py` would, with the Hydra runtime config set so `${hydra:...}`
+    interpolations resolve."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(output_dir)

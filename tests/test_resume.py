@@ -343,14 +343,14 @@ def test_a_sweep_run_again_skips_finished_jobs_resumes_interrupted_ones_and_runs
     wait_for(marker, process)
     process.kill()  # the whole sweep dies in job 1, after its step-2 checkpoint
     process.wait(timeout=60)
-    first = RunSummary.read(sweep / "0_dpo-beta0.1")
-    assert checkpoint_step(sweep / "1_ipo-beta0.1") == 2 and not (sweep / "2_slic-beta0.1").exists()
+    first = RunSummary.read(sweep / "000_dpo-beta0.1")
+    assert checkpoint_step(sweep / "001_ipo-beta0.1") == 2 and not (sweep / "002_slic-beta0.1").exists()
 
     release.touch()
     output = multirun(sweep, *grid)  # the same sweep, into the same directory
     assert "finished already (summary.json); skipped" in output
-    assert RunSummary.read(sweep / "0_dpo-beta0.1") == first  # not run again
-    resumed, fresh = RunSummary.read(sweep / "1_ipo-beta0.1"), RunSummary.read(sweep / "2_slic-beta0.1")
+    assert RunSummary.read(sweep / "000_dpo-beta0.1") == first  # not run again
+    resumed, fresh = RunSummary.read(sweep / "001_ipo-beta0.1"), RunSummary.read(sweep / "002_slic-beta0.1")
     assert resumed.finished and resumed.resumed_from_step == 2
     assert fresh.finished and fresh.resumed_from_step is None
     report = pd.read_csv(sweep / "report.csv")  # the end-of-sweep report covers all three
@@ -381,7 +381,7 @@ def test_the_optuna_preset_stopped_after_two_trials_resumes_to_the_full_count(tm
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert trials[3].params == trials[2].params and trials[3].user_attrs["retry_of"] == 2  # run again
     summaries = {p.parent.name: RunSummary.read(p) for p in sweep.glob("*/summary.json")}
-    assert sorted(name.split("_")[0] for name in summaries) == ["0", "1", "3"]  # job number = trial number
+    assert sorted(name.split("_")[0] for name in summaries) == ["000", "001", "003"]  # job number = trial number
     assert all(s.finished for s in summaries.values())
     lrs = [float(next(o for o in s.overrides if o.startswith("optimizer.lr=")).split("=")[1])
            for s in summaries.values()]

@@ -52,13 +52,13 @@ def test_parallel_jobs_on_pinned_devices_with_one_failing_then_report(tmp_path):
                       "~hydra.callbacks.sweep_report")
 
     jobs = summaries(sweep)
-    assert sorted(jobs) == ["0_dpo-beta0.5", "1_dpo-beta-1", "2_ipo-beta0.5", "3_ipo-beta-1"]
-    for name in ["0_dpo-beta0.5", "2_ipo-beta0.5"]:
+    assert sorted(jobs) == ["000_dpo-beta0.5", "001_dpo-beta-1", "002_ipo-beta0.5", "003_ipo-beta-1"]
+    for name in ["000_dpo-beta0.5", "002_ipo-beta0.5"]:
         assert jobs[name]["status"] == "finished" and "val/rewards/accuracies" in jobs[name]["metrics"]
-    for name in ["1_dpo-beta-1", "3_ipo-beta-1"]:
+    for name in ["001_dpo-beta-1", "003_ipo-beta-1"]:
         assert jobs[name]["status"] == "failed" and "beta must be a positive number" in jobs[name]["error"]
     assert "2 of 4 jobs did not finish" in output
-    assert str(sweep / "3_ipo-beta-1") in output.split("did not finish")[1]
+    assert str(sweep / "003_ipo-beta-1") in output.split("did not finish")[1]
 
     # Two worker processes, each on its own device for all its jobs.
     devices = {}
@@ -76,7 +76,7 @@ def test_parallel_jobs_on_pinned_devices_with_one_failing_then_report(tmp_path):
     assert sorted(finished.index) == ["dpo", "ipo"]
     for loss in ["dpo", "ipo"]:
         assert finished.loc[loss, "val/rewards/accuracies"] == pytest.approx(
-            jobs[f"{0 if loss == 'dpo' else 2}_{loss}-beta0.5"]["metrics"]["val/rewards/accuracies"])
+            jobs[f"{'000' if loss == 'dpo' else '002'}_{loss}-beta0.5"]["metrics"]["val/rewards/accuracies"])
     markdown = (sweep / "report.md").read_text()
     assert "## Failed runs" in markdown and "beta must be a positive number" in markdown
     for name in ["metrics_vs_beta.png", "metrics_vs_scaled_beta.png", "gold_vs_kl.png"]:
@@ -89,7 +89,7 @@ def test_submitit_local_runs_a_two_point_sweep_and_writes_the_report(tmp_path):
     multirun(sweep, "loss=dpo,ipo", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
 
     jobs = summaries(sweep)
-    assert sorted(jobs) == ["0_dpo-beta0.1", "1_ipo-beta0.1"]
+    assert sorted(jobs) == ["000_dpo-beta0.1", "001_ipo-beta0.1"]
     assert all(job["status"] == "finished" for job in jobs.values())
     assert all(job["stages"]["reference"]["status"] in ("built", "loaded") for job in jobs.values())
     assert list((sweep / ".submitit").iterdir())  # the jobs really went through submitit

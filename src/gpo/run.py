@@ -7,7 +7,8 @@ Data flows one way:
       -> GPOModule(policy, reference, loss) -> Lightning Trainer.fit
       -> RunSummary (summary.json, W&B run summary)
 
-`train(cfg)` returns the summary; `run_job(cfg)` is the entry point's job and
+`train(cfg)` returns the summary (`compose` builds the parts; src/evaluate.py
+composes the same way); `run_job(cfg)` is the entry point's job and
 the one place failures are handled: the run directory held by one process
 (gpo.infra.run_lock), a finished run skipped and an interrupted one resumed if
 it is the same experiment (gpo.training.resume), a signal in any stage stopped
@@ -20,8 +21,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import pytorch_lightning as pl
 import torch
@@ -39,7 +41,7 @@ from gpo.infra.errors import OneLineError, RunRefused
 from gpo.infra.interrupts import Interrupted
 from gpo.infra.run_lock import run_directory_lock
 from gpo.infra.summary import FAILED, RunSummary, SummaryContributor
-from gpo.losses.scaling import beta_scale_factor
+from gpo.losses.scaling import beta_scale_factor, planned_beta
 from gpo.model import LogProbs, compile_policy, device_for, export_policy, with_lora
 from gpo.reference import InitialPolicy, NoReference
 from gpo.sweeps.outcomes import note_refused_job
@@ -51,24 +53,67 @@ from gpo.training.resume import earlier_segments, finished_run, resume_checkpoin
 log = logging.getLogger(__name__)
 
 
-@interrupts.handled  # a signal in any stage stops the run where it is (gpo.infra.interrupts)
-def train(cfg: DictConfig) -> RunSummary:
-    started = time.time()
-    interrupts.enter("while starting")
+def setup_job(cfg: DictConfig) -> None:
+    """Before anything is built: the config checked, the console, the data files
+    named, the seed, torch's threads."""
+    devices = cfg.trainer.get("devices", 1)
+    processes = (devices if isinstance(devices, int) else 1) * cfg.trainer.get("num_nodes", 1)
+    console.configure(cfg.get("verbose", False), processes)  # first: a bad-input error prints once
     check_config(cfg)
-    console.configure(cfg.get("verbose", False))
-    run_dir = HydraConfig.get().runtime.output_dir
-    experiment = run_identity(cfg)
-    checkpoint = resume_checkpoint(cfg, run_dir, experiment)
-    segments = earlier_segments(cfg, run_dir)  # a resumed run's earlier parts: its wall time sums them all
+    console.announce_changes(cfg)
     check_data_files(cfg.data)  # local files the config names: before the model (maybe from a hub) is fetched
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    devices = cfg.trainer.get("devices", 1)
     threads = torch_threads(cfg.get("num_threads"), devices if cfg.trainer.accelerator == "cpu" and
                             isinstance(devices, int) else 1)
     if threads:
         torch.set_num_threads(threads)
 
+
+@dataclass
+class Composed:
+    """One run's parts, composed from the config (the data flow above)."""
+    module: GPOModule
+    datamodule: object
+    tokenizer: object
+    trainer: pl.Trainer
+    logger: object
+    record: RunRecord  # the run's identity and its final metrics, in every checkpoint
+    beta: float  # the beta the loss uses (after beta_scale)
+    beta_scale: str
+    stages: dict = field(default_factory=dict)  # sft / reference: how long, built or loaded from the cache
+
+    def summary(self, cfg: DictConfig, **fields) -> RunSummary:
+        """The run's record: final metrics, data counts, stage timings, what the callbacks measured."""
+        run = identity(cfg, self.beta, self.beta_scale)
+        summary = RunSummary(
+            **run, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
+            theory={} if run["method"] else self.module.loss_fn.theory(),  # beta theory: plain GPO's f(beta rho)
+            data=self.datamodule.summary(), identity=self.record.identity,
+            metrics=dict(self.record.metrics) or  # the final ones, also of a run resumed at its end
+            {k: float(v) for k, v in sorted(self.trainer.callback_metrics.items())},
+            stages={name: asdict(s) for name, s in self.stages.items() if s is not None}, **fields)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, SummaryContributor):
+                callback.contribute(summary)
+        return summary
+
+    def write(self, summary: RunSummary, run_dir: str, started: float) -> None:
+        """summary.json and the W&B run summary (rank 0's: it has the sample
+        evaluation), this process's part of the run since `started`; the W&B run closed."""
+        interrupts.enter("while writing the summary")
+        summary.add_segment(started, "finished")
+        if self.trainer.is_global_zero:
+            summary.write(run_dir)
+            tracking.record_summary(self.logger, summary)
+        tracking.finish()  # the next job of a multirun in this process starts a fresh W&B run
+        log.info("%s", console.headline(summary, run_dir))
+
+
+def compose(cfg: DictConfig, run_dir: str, experiment: dict, logger_name: str = "") -> Composed:
+    """Policy, data, initial policy (SFT stage), reference, loss, method axes and
+    beta, the training module, the logger and the trainer, as the config says.
+    Bad input (or parts that cannot work together) fails before the SFT stage:
+    it costs no compute."""
     interrupts.enter("while loading the model")
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
@@ -84,7 +129,6 @@ def train(cfg: DictConfig) -> RunSummary:
                             cfg.trainer.accelerator, logprobs)
     reference = (instantiate(cfg.reference, initial=initial, logprobs=logprobs) if loss_fn.needs_reference
                  else NoReference(initial, logprobs))
-    # Before the SFT stage: bad input (or parts that cannot work together) costs no compute.
     composition = Composition(loss_fn, reference, datamodule, lora=cfg.model.get("lora") is not None,
                               names={group: choice(group, cfg) for group in ("loss", "reference", *AXES)}, **axes)
     composition.check()
@@ -100,44 +144,46 @@ def train(cfg: DictConfig) -> RunSummary:
 
     module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                        logprobs, **axes)
-    logger = tracking.make_logger(cfg.logger, run_dir)
-    record = RunRecord(experiment)  # the run's identity and its metrics, in every checkpoint
+    logger = tracking.make_logger(cfg.logger, run_dir,
+                                  name=f"{logger_name}{choice('loss', cfg)}-{beta_name(beta, cfg.beta)}")
+    record = RunRecord(experiment)
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=[*instantiate(cfg.callbacks).values(), record])
-    tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
-    log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
+    # The W&B config's beta is the one the loss uses, as in summary.json: one meaning of beta everywhere.
+    tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta": beta,
+                                    "beta_requested": cfg.beta, "beta_scale": beta_scale})
+    return Composed(module, datamodule, tokenizer, trainer, logger, record, beta, beta_scale, stages)
+
+
+@interrupts.handled  # a signal in any stage stops the run where it is (gpo.infra.interrupts)
+def train(cfg: DictConfig) -> RunSummary:
+    started = time.time()
+    interrupts.enter("while starting")
+    setup_job(cfg)
+    run_dir = HydraConfig.get().runtime.output_dir
+    experiment = run_identity(cfg)
+    checkpoint = resume_checkpoint(cfg, run_dir, experiment)
+    segments = earlier_segments(cfg, run_dir)  # a resumed run's earlier parts: its wall time sums them all
+    run = compose(cfg, run_dir, experiment)
+    policy, trainer = run.module.policy, run.trainer
+    log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), run.beta,
              cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
     if checkpoint is not None:
         log.info("Resuming from %s", checkpoint)
     interrupts.enter("in training")
     with interrupts.deferred():  # a signal stops training at the end of a step (gpo.training.preemption)
         # weights_only: a resumed checkpoint is data, never code.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=checkpoint, weights_only=True)
 
     interrupts.enter("after training")  # a signal received since its last step: its final checkpoint is written
+    summary = run.summary(cfg, resumed_from_step=run.module.resumed_from_step, segments=list(segments))
     interrupts.enter("during the export")
-    run = identity(cfg)
-    summary = RunSummary(
-        **run, beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
-        theory={} if run["method"] else loss_fn.theory(),  # the beta theory is about plain GPO's f(beta rho)
-        metrics=dict(record.metrics),  # the final ones, also of a run resumed at its end
-        data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
-        resumed_from_step=module.resumed_from_step, segments=list(segments), identity=experiment,
-    )
-    for callback in trainer.callbacks:
-        if isinstance(callback, SummaryContributor):
-            callback.contribute(summary)
     export = cfg.get("export") or {}
     if trainer.is_global_zero and export.get("policy", False):  # under DDP every rank runs train()
-        exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False), trainer.strategy)
+        exported = export_policy(run.module.policy, run.tokenizer, run_dir, export.get("merged", False),
+                                 trainer.strategy)
         if exported is not None:
             summary.stages["export"] = asdict(exported)
-    interrupts.enter("while writing the summary")
-    summary.add_segment(started, "finished")
-    if trainer.is_global_zero:  # rank 0's summary has the sample evaluation
-        summary.write(run_dir)
-        tracking.record_summary(logger, summary.metrics)
-    tracking.finish()  # the next job of a multirun in this process starts a fresh W&B run
-    report_outcome(summary.metrics)
+    run.write(summary, run_dir, started)
     return summary
 
 
@@ -172,10 +218,18 @@ def choice(group: str, cfg: DictConfig) -> str:
     return "?"
 
 
-def identity(cfg: DictConfig) -> dict:
+def identity(cfg: DictConfig, beta: float | None = None, beta_scale: str | None = None) -> dict:
+    """What names a run in its summary: loss, method, seed, overrides, `beta`
+    (the value the loss used; for a run that failed before reading its data,
+    the one the config implies: gpo.losses.scaling.planned_beta) and
+    `beta_requested` (the value given)."""
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return {"loss": choice("loss", cfg), "method": method(cfg), "beta_requested": cfg.beta, "seed": cfg.seed,
-            "overrides": overrides}
+    mode = cfg.get("beta_scale", "none")
+    if beta is None:
+        beta = planned_beta(cfg.beta, mode, cfg.loss)
+        beta = cfg.beta if beta is None else beta
+    return {"loss": choice("loss", cfg), "method": method(cfg), "beta": beta, "beta_requested": cfg.beta,
+            "beta_scale": beta_scale or mode, "seed": cfg.seed, "overrides": overrides}
 
 
 def method(cfg: DictConfig) -> str:
@@ -193,19 +247,31 @@ def method(cfg: DictConfig) -> str:
     return " ".join(changed)
 
 
-def report_outcome(metrics: dict) -> None:
-    if "eval/gold_reward" in metrics:
-        policy, reference = metrics["eval/gold_reward"], metrics["eval/gold_reward_reference"]
-        log.info(
-            "Gold reward of samples: policy %.3f vs reference %.3f (%s); win rate %.3f; KL %.3f; val accuracy %.3f",
-            policy, reference, "went up" if policy > reference else "did not go up",
-            metrics["eval/win_rate"], metrics["eval/kl"], metrics.get("val/rewards/accuracies", float("nan")),
-        )
+def beta_name(used, requested) -> str:
+    """The beta in run and folder names: `beta<used>`, and `-requested<given>`
+    when beta_scale changed it (`beta0.2-requested0.1`)."""
+    return f"beta{requested}" if used == requested else f"beta{used:.4g}-requested{requested}"
 
 
-def run_job(cfg: DictConfig) -> float | None:
-    """Train, holding the run directory; returns `optimized_metric` (the first
-    of a list that the run measured) for Hydra sweepers.
+def folder_beta(beta, mode, loss_cfg) -> str:
+    """`${beta_label:${beta},${beta_scale},${loss}}` (conf/train.yaml): the beta
+    of a run's folder name, known before the run starts. Under beta_scale=link
+    the beta used depends on the data's preference probabilities, read only by
+    the run: `requested<given>-link` (the W&B run name, summary.json and the
+    report give the value used)."""
+    if mode == "link":
+        return f"requested{beta}-link"
+    used = planned_beta(beta, mode, loss_cfg)
+    return beta_name(beta if used is None else used, beta)
+
+
+OmegaConf.register_new_resolver("beta_label", folder_beta, replace=True)
+
+
+def run_job(cfg: DictConfig, job: Callable[[DictConfig], RunSummary] = train) -> float | None:
+    """Train (or run `job`: src/evaluate.py's evaluation), holding the run
+    directory; returns `optimized_metric` (the first of a list that the run
+    measured) for Hydra sweepers.
 
     A finished run of this experiment is skipped (resume=false trains it again).
     A signal stops the run with a record and, for a scheduler's, a requeue. A
@@ -218,7 +284,7 @@ def run_job(cfg: DictConfig) -> float | None:
     with interrupts.handling() as signals:
         try:
             with run_directory_lock(run_dir) if rank_zero_only.rank == 0 else nullcontext():  # DDP: rank 0 holds it
-                return _run_job(cfg, run_dir, multirun, signals)
+                return _run_job(cfg, run_dir, multirun, signals, job)
         except RunRefused as refused:  # nothing of this run was written there: nothing to record
             if multirun:
                 log.error("Job refused: %s", refused)
@@ -228,7 +294,8 @@ def run_job(cfg: DictConfig) -> float | None:
             sys.exit(f"error: {refused}")
 
 
-def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.InterruptHandler) -> float | None:
+def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.InterruptHandler,
+             job: Callable[[DictConfig], RunSummary]) -> float | None:
     started, experiment = time.time(), {}
     segments = earlier_segments(cfg, run_dir)  # the record of a failed or interrupted part keeps the earlier ones
     try:
@@ -237,7 +304,7 @@ def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.
         if done is not None:
             log.info("%s: finished already (summary.json); skipped (resume=false trains it again)", run_dir)
             return done.objective(cfg.get("optimized_metric"))
-        return train(cfg).objective(cfg.get("optimized_metric"))
+        return job(cfg).objective(cfg.get("optimized_metric"))
     except RunRefused:
         raise
     except (Interrupted, SIGTERMException) as caught:  # SIGTERMException: Lightning's own, should one get through
@@ -252,7 +319,7 @@ def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.
                 log.error("Job failed: %s", message, exc_info=not isinstance(error, OneLineError))
                 return None
             if isinstance(error, OneLineError):  # one clear line, no traceback
-                log.error("%s", error)
+                log.error("%s", error, extra=console.FILE_ONLY)  # in train.log; the console gets the line below
                 sys.exit(f"error: {error}")
             raise
     closed = _record_failure(cfg, run_dir, experiment, f"Interrupted: {stop}",
@@ -281,7 +348,7 @@ def _record_failure(cfg: DictConfig, run_dir: str, experiment: dict, error: str,
     """summary.json says why the run stopped; the W&B run is closed (as preempted: to be resumed). Never raises:
     a full disk or a dead W&B service must not hide the failure being recorded. True if W&B shut down."""
     try:
-        record = RunSummary(**identity(cfg), beta=cfg.beta, status=FAILED, error=error, identity=experiment,
+        record = RunSummary(**identity(cfg), status=FAILED, error=error, identity=experiment,
                             segments=list(parts.earlier))
         record.add_segment(parts.started, parts.ended_by)
         record.write(run_dir)

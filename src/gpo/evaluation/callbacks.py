@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.strategies import FSDPStrategy
+from pytorch_lightning.trainer.states import TrainerFn
 
 from gpo.data.tokenization import real_tokens
 from gpo.evaluation.sampling import evaluate_samples
@@ -143,14 +144,16 @@ class SampleEvaluation(pl.Callback):
     def _evaluated_at(self, step: int) -> bool:
         return bool(self.trajectory) and self.trajectory[-1]["step"] == step
 
-    def evaluate(self, trainer: pl.Trainer, module, final: bool = False) -> dict[str, float]:
+    def evaluate(self, trainer: pl.Trainer, module, final: bool = False, step: int | None = None) -> dict[str, float]:
+        """`step`: the training step the policy's weights are from (default: the trainer's)."""
+        step = trainer.global_step if step is None else step
         if isinstance(trainer.strategy, FSDPStrategy):  # rank-0-only generation with sharded weights would hang
             log.warning("Sample evaluation skipped under FSDP; evaluate the saved checkpoint on one device instead")
             return {}
         datamodule = trainer.datamodule
         devices = [module.device] if module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed * 1_000_003 + trainer.global_step)
+            torch.manual_seed(self.seed * 1_000_003 + step)
             metrics, rows = evaluate_samples(
                 module.policy, module.reference, datamodule.tokenizer,
                 datamodule.evaluation_prompts(self.num_prompts if final else self.trajectory_prompts),
@@ -163,12 +166,12 @@ class SampleEvaluation(pl.Callback):
         metrics.update(likelihood_displacement(module, module.reference, datamodule.fixed_loader("train"),
                                                self.regulariser_batches))
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.log_metrics(metrics, step=step)
             if final and isinstance(logger, WandbLogger):
                 columns = list(rows[0])
                 logger.log_table("eval/samples", columns=columns, data=[[row[c] for c in columns] for row in rows])
-        self.trajectory.append({"step": trainer.global_step, **metrics})
-        log.info("Sample evaluation at step %d: %s", trainer.global_step,
+        self.trajectory.append({"step": step, **metrics})
+        log.info("Sample evaluation at step %d: %s", step,
                  ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in metrics.items() if "stderr" not in k))
         return metrics
 
@@ -188,6 +191,13 @@ class SampleEvaluation(pl.Callback):
     def on_train_end(self, trainer, module):
         if trainer.is_global_zero:
             self.evaluate(trainer, module, final=True)
+
+    def on_validation_end(self, trainer, module):
+        # trainer.validate (src/evaluate.py): no training, one evaluation, its samples seeded by the step the
+        # weights are from (a checkpoint's: the samples that run's own evaluation drew at that step).
+        if trainer.state.fn == TrainerFn.VALIDATING and trainer.is_global_zero:
+            self.trajectory = []  # not the trajectory a checkpoint brought: this evaluation's record is its own
+            self.evaluate(trainer, module, final=True, step=getattr(module, "resumed_from_step", None))
 
     def contribute(self, summary: RunSummary) -> None:
         if self.trajectory:

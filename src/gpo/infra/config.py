@@ -71,6 +71,15 @@ OmegaConf.register_new_resolver("on_gpu", on_gpu, replace=True)
 OmegaConf.register_new_resolver("devices_per_node", devices_per_node, replace=True)
 
 
+def job_number(num) -> str:
+    """hydra.sweep.subdir's job number, zero-padded to 3 digits so that `ls`
+    lists jobs in order (000, 001, ..., 010); longer past 999."""
+    return f"{int(num):03d}"
+
+
+OmegaConf.register_new_resolver("job_number", job_number, replace=True)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -44,6 +44,7 @@ class RunSummary:
     # ("finished", or the signal that stopped it). wall_time_s is their sum: the run's time, not its last part's.
     segments: list[dict] = field(default_factory=list)
     identity: dict = field(default_factory=dict)  # the experiment it ran: fingerprint and keys (gpo.training.identity)
+    evaluated: str | None = None  # src/evaluate.py: the policy evaluated (a checkpoint, a Hugging Face model path)
     wall_time_s: float | None = None
 
     @property

@@ -1,12 +1,12 @@
 """The run's W&B record, through Lightning's WandbLogger (conf/logger/wandb.yaml):
 one room for everything W&B-specific.
 
-    WandbLogger                                 # Lightning's; a dead W&B service costs the record, not the run
+    WandbLogger                                       # Lightning's; a dead W&B service costs the record, not the run
 
-    logger = make_logger(cfg.logger, run_dir)   # continues this run directory's W&B run
-    record_config(logger, config)               # secrets masked (config and command line)
-    record_summary(logger, metrics)             # the run summary's metrics in the W&B summary
-    finish(exit_code, preempted)                # close the run, wait for its files
+    logger = make_logger(cfg.logger, run_dir, name)   # continues this run directory's W&B run
+    record_config(logger, config)                     # secrets masked (config and command line)
+    record_summary(logger, summary)                   # summary.json's run fields and metrics in the W&B summary
+    finish(exit_code, preempted)                      # close the run, wait for its files
 
 Other loggers (conf/logger/csv.yaml) pass through untouched.
 """
@@ -25,6 +25,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from gpo.infra.config import instantiate
 from gpo.infra.secrets import redact, redacted_argv
+from gpo.infra.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,19 @@ def resume_id(logger_cfg: DictConfig, run_dir: str) -> dict:
     return {"id": run_id, "resume": "allow"}
 
 
-def make_logger(logger_cfg: DictConfig, run_dir: str):
-    """The configured Lightning logger; a WandbLogger continues the W&B run of `run_dir` (a resumed run)."""
-    return instantiate(logger_cfg, **resume_id(logger_cfg, run_dir))
+def make_logger(logger_cfg: DictConfig, run_dir: str, name: str | None = None):
+    """The configured Lightning logger; a WandbLogger continues the W&B run of
+    `run_dir` (a resumed run) and is called `name` unless the config names it
+    (logger.name: null by default, as the run's name holds the beta it used,
+    known only once the data is read under beta_scale=link)."""
+    wandb_logger = str(logger_cfg.get("_target_", "")).endswith("WandbLogger")
+    named = {"name": name} if wandb_logger and logger_cfg.get("name") is None and name else {}
+    logger = instantiate(logger_cfg, **resume_id(logger_cfg, run_dir), **named)
+    if isinstance(logger, WandbLogger):
+        # Lightning 2.6 passes wandb.init anonymous=None whatever the config says; wandb 0.31 warns about any
+        # value ("The anonymous setting has no effect", wandb PR #10909). No public setting leaves it out.
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def record_config(logger, config: dict) -> None:
@@ -95,12 +106,18 @@ def record_config(logger, config: dict) -> None:
             logger.log_hyperparams(redact(config))
 
 
-def record_summary(logger, metrics: dict) -> None:
-    """The run summary's metrics (the final values, the sample evaluation) in the W&B run summary."""
+RUN_FIELDS = ("loss", "beta", "beta_requested", "beta_scale", "seed", "status")
+
+
+def record_summary(logger, summary: RunSummary) -> None:
+    """The run summary in the W&B run summary: the fields that name the run
+    (with summary.json's meanings: `beta` used, `beta_requested` given) and
+    the metrics (the final values, the sample evaluation)."""
+    fields = {**{key: getattr(summary, key) for key in RUN_FIELDS}, **summary.metrics}
     if isinstance(logger, WandbLogger):
-        logger._guarded(lambda: logger.experiment.summary.update(metrics))
+        logger._guarded(lambda: logger.experiment.summary.update(fields))
     elif isinstance(logger, LightningWandbLogger):
-        logger.experiment.summary.update(metrics)
+        logger.experiment.summary.update(fields)
 
 
 # A preempted job is SIGKILLed after SLURM's KillWait (30 s by default): the requeue hand-over must come first.

@@ -188,6 +188,9 @@ class PreferenceLoss(torch.nn.Module):
     needs_reference: bool = True
     inputs: type = PairLogps
     normalises_length: bool = False
+    # The loss per pair in words, for the loss table (gpo.losses.table: README, `python src/losses.py`);
+    # notation there: t = beta * rho, l_w, l_l the log-ratios, a_w, a_l the mean log-prob per token.
+    formula: str | None = None
 
     def forward(self, logps: PairLogps, beta) -> torch.Tensor:
         raise NotImplementedError
@@ -207,6 +210,10 @@ LINK_GRID = 6001
 
 class GPOLoss(PreferenceLoss):
     """A GPO family: the loss is f(beta * rho); subclasses define f only."""
+
+    # The link t*(p) in closed form, derived by hand, for the loss table; its numbers come from `link`, which
+    # tests/test_losses.py checks against the closed forms. None: none known (the table says "numerical").
+    link_formula: str | None = None
 
     def f(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -25,6 +25,9 @@ class Logistic(GPOLoss):
     """DPO (Rafailov et al. 2023, arXiv 2305.18290): f(t) = log(1 + exp(-t)).
     Link (closed form): t*(p) = logit(p)."""
 
+    formula = "log(1 + e^-t)"
+    link_formula = "logit(p)"
+
     def f(self, t):
         return F.softplus(-t)
 
@@ -35,6 +38,9 @@ class Squared(GPOLoss):
     TRL's length-normalised "ipo" is `IPOLengthNormalised`).
     Link (closed form): t*(p) = 2p - 1."""
 
+    formula = "(t - 1)^2"
+    link_formula = "2p - 1"
+
     def f(self, t):
         return (t - 1.0) ** 2
 
@@ -44,6 +50,9 @@ class Hinge(GPOLoss):
     f''(0) = 0: no local regulariser. Link (closed form): t*(p) = sign(2p - 1)
     (p != 1/2; at p = 1/2 every t in [-1, 1] is a minimiser)."""
 
+    formula = "max(0, 1 - t)"
+    link_formula = "sign(2p - 1)"
+
     def f(self, t):
         return F.relu(1.0 - t)
 
@@ -51,6 +60,9 @@ class Hinge(GPOLoss):
 class Exponential(GPOLoss):
     """f(t) = exp(-t) (GPO, Tang et al. 2024, arXiv 2402.05749), continued
     linearly for t < -50 (`exp_neg`). Link (closed form): t*(p) = logit(p) / 2."""
+
+    formula = "e^-t"
+    link_formula = "logit(p)/2"
 
     def f(self, t):
         return exp_neg(t)
@@ -60,6 +72,9 @@ class TruncatedQuadratic(GPOLoss):
     """f(t) = max(0, 1 - t)^2 (GPO, Tang et al. 2024, arXiv 2402.05749).
     Link (closed form): t*(p) = 2p - 1."""
 
+    formula = "max(0, 1 - t)^2"
+    link_formula = "2p - 1"
+
     def f(self, t):
         return F.relu(1.0 - t) ** 2
 
@@ -68,6 +83,9 @@ class Savage(GPOLoss):
     """f(t) = 1 / (1 + exp(t))^2 = sigmoid(-t)^2 (GPO, Tang et al. 2024, arXiv
     2402.05749). Decreasing, not convex for t < -log 2.
     Link (closed form): t*(p) = logit(p)."""
+
+    formula = "1 / (1 + e^t)^2"
+    link_formula = "logit(p)"
 
     def f(self, t):
         return torch.sigmoid(-t) ** 2

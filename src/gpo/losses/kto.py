@@ -23,6 +23,7 @@ class KTO(PreferenceLoss):
     w_d n_d / (w_u n_u) in [1, 4/3])."""
 
     inputs = ExampleLogps
+    formula = "w_d (1 - sigmoid(beta (l - z_0))) or w_u (1 - sigmoid(beta (z_0 - l))), one example, z_0 = KL estimate"
 
     def __init__(self, desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
         super().__init__()

@@ -8,6 +8,7 @@ regularisation.
     (losses.base.link_ratio; derived here, docs/reproduction.md).
 """
 
+from gpo.infra.config import instantiate
 from gpo.infra.errors import InputError
 from gpo.losses.base import GPOLoss, link_ratio
 from gpo.losses.families import Squared
@@ -30,3 +31,20 @@ def beta_scale_factor(mode: str, loss, preference_probabilities=None) -> float |
                          "data relabelled by a gold reward: data.relabel_temperature)")
     p, weights = zip(*preference_probabilities)
     return link_ratio(loss, Squared(), p, weights)
+
+
+def planned_beta(beta, mode: str, loss_config) -> float | None:
+    """The beta a run with `beta`, `beta_scale=mode` and the loss config
+    `loss_config` will use, from the config alone (run and folder names, the
+    record of a run that failed early); None under `link`, whose factor needs
+    the data. A config that cannot be built, or a beta that is no number, is
+    named as given: the run itself reports the problem."""
+    if mode == "link":
+        return None
+    if mode == "none":
+        return beta
+    try:
+        factor = beta_scale_factor(mode, instantiate(loss_config))
+    except Exception:  # noqa: BLE001 (reported by the run, in one line)
+        return beta
+    return beta * factor if factor is not None and isinstance(beta, (int, float)) else beta

@@ -37,6 +37,9 @@ class Exo(GPOLoss):
     |t*| < log((1-eps)/eps) (6.9 at eps = 1e-3), like IPO's 2p - 1 but wider.
     """
 
+    formula = "q_w (log q_w - log(1-eps)) + q_l (log q_l - log eps), q_w = sigmoid(t) = 1 - q_l"
+    link_formula = "(2p - 1) log((1-eps)/eps)"
+
     def __init__(self, eps: float = 1e-3):
         super().__init__()
         self.eps = _label_smoothing(eps, allow_zero=False)
@@ -63,6 +66,9 @@ class ConservativeLogistic(GPOLoss):
     infinite margin.
     """
 
+    formula = "(1-eps) log(1 + e^-t) + eps log(1 + e^t)"
+    link_formula = "logit(eps + (1 - 2 eps) p)"
+
     def __init__(self, eps: float = 0.1):
         super().__init__()
         self.eps = _label_smoothing(eps, allow_zero=True)
@@ -85,6 +91,9 @@ class RobustLogistic(GPOLoss):
     (it undoes the assumed label noise, so it is wider than the logistic link);
     -inf / +inf outside that range.
     """
+
+    formula = "[(1-eps) log(1 + e^-t) - eps log(1 + e^t)] / (1 - 2 eps)"
+    link_formula = "logit((p - eps)/(1 - 2 eps))"
 
     def __init__(self, eps: float = 0.1):
         super().__init__()
@@ -111,6 +120,8 @@ class DiscoPOP(GPOLoss):
     whose exponent stays bounded for tau < 1 (TRL's exp(-t) overflows to inf
     and gives inf * 0 = NaN for t < -88 in float32).
     """
+
+    formula = "(1-s) log(1 + e^-t) + s e^-t, s = sigmoid(t/tau)"
 
     def __init__(self, tau: float = 0.05):
         super().__init__()

@@ -50,6 +50,8 @@ class ChiPO(PreferenceLoss):
     gradient is 0 there, as for the exact clip.
     """
 
+    formula = "-log sigmoid(clip_2R[beta (e^l_w + l_w) - beta (e^l_l + l_l)])"
+
     def __init__(self, reward_bound: float = 10.0):
         super().__init__()
         if not (0 < reward_bound < math.inf):
@@ -82,6 +84,8 @@ class RPO(PreferenceLoss):
     TRL's rpo_alpha differs: alpha * (token-mean NLL over the batch), no beta.
     """
 
+    formula = "log(1 + e^-t) - eta beta log pi(y_w)"
+
     def __init__(self, eta: float = 0.005, token_mean: bool = False):
         super().__init__()
         self.eta, self.token_mean = float(eta), bool(token_mean)
@@ -105,6 +109,7 @@ class IPOLengthNormalised(PreferenceLoss):
     """
 
     normalises_length = True
+    formula = "(l_w/len(y_w) - l_l/len(y_l) - 1/(2 beta))^2"
 
     def forward(self, logps, beta):
         rho_ln = logps.chosen_logratio / logps.chosen_length - logps.rejected_logratio / logps.rejected_length
@@ -121,6 +126,8 @@ class SimPO(PreferenceLoss):
     gamma = 0.5 is TRL's CPOConfig.simpo_gamma default (the paper tunes beta in
     2-10 and gamma/beta in 0.3-1.6, with much larger beta than DPO's).
     """
+
+    formula = "-log sigmoid(beta (a_w - a_l) - gamma)"
 
     needs_reference = False
     normalises_length = True
@@ -141,6 +148,8 @@ class NCA(PreferenceLoss):
         loss = -log sigmoid(beta l_w) - 1/2 log sigmoid(-beta l_w) - 1/2 log sigmoid(-beta l_l).
     """
 
+    formula = "-log sigmoid(beta l_w) - 1/2 log sigmoid(-beta l_w) - 1/2 log sigmoid(-beta l_l)"
+
     def forward(self, logps, beta):
         rw, rl = beta * logps.chosen_logratio, beta * logps.rejected_logratio
         return F.softplus(-rw) + 0.5 * F.softplus(rw) + 0.5 * F.softplus(rl)
@@ -160,6 +169,8 @@ class BCO(PreferenceLoss):
     over processes under DDP; here each process keeps its own, and DDP's buffer
     broadcast makes rank 0's win.)
     """
+
+    formula = "-log sigmoid(beta l_w - delta) - log sigmoid(delta - beta l_l), delta = running mean reward"
 
     def __init__(self):
         super().__init__()
@@ -187,6 +198,8 @@ class APOZero(PreferenceLoss):
         loss = (1 - sigmoid(beta l_w)) + sigmoid(beta l_l).
     """
 
+    formula = "1 - sigmoid(beta l_w) + sigmoid(beta l_l)"
+
     def forward(self, logps, beta):
         return torch.sigmoid(-beta * logps.chosen_logratio) + torch.sigmoid(beta * logps.rejected_logratio)
 
@@ -197,6 +210,8 @@ class APODown(PreferenceLoss):
 
         loss = sigmoid(beta l_w) + (1 - sigmoid(beta rho)).
     """
+
+    formula = "sigmoid(beta l_w) + 1 - sigmoid(t)"
 
     def forward(self, logps, beta):
         return torch.sigmoid(beta * logps.chosen_logratio) + torch.sigmoid(-beta * logps.margin)
@@ -209,6 +224,8 @@ class SPPOHard(PreferenceLoss):
 
         loss = (l_w - 1 / (2 beta))^2 + (l_l + 1 / (2 beta))^2.
     """
+
+    formula = "(l_w - 1/(2 beta))^2 + (l_l + 1/(2 beta))^2"
 
     def forward(self, logps, beta):
         half = 0.5 / beta
@@ -228,6 +245,8 @@ class ORPO(PreferenceLoss):
     evaluated by `log1mexp`, finite for any a < 0.
     """
 
+    formula = "-a_w - beta log sigmoid(log odds_w - log odds_l), log odds = a - log(1 - e^a)"
+
     needs_reference = False
     normalises_length = True
 
@@ -243,6 +262,8 @@ class SFT(PreferenceLoss):
     chosen response. Reference-free; beta is unused.
     (TRL averages over all chosen tokens in the batch; here per pair, then the
     module's mean over pairs.)"""
+
+    formula = "-a_w"
 
     needs_reference = False
 
@@ -260,6 +281,8 @@ class WeightedSum(PreferenceLoss):
     (Hydra instantiates each `loss`). It needs the reference iff any term does.
     Terms are submodules, so stateful terms (BCO) are saved and follow train/eval.
     """
+
+    formula = "sum_i w_i loss_i"
 
     def __init__(self, terms: Sequence[Mapping]):
         super().__init__()

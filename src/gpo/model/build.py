@@ -40,6 +40,7 @@ def char_tokenizer(alphabet: str = string.printable) -> PreTrainedTokenizerFast:
 def tiny_causal_lm(config: PretrainedConfig, alphabet: str = string.printable, seed: int = 0):
     """A small random-weight causal LM whose vocabulary is the char tokenizer's."""
     tokenizer = char_tokenizer(alphabet)
+    tokenizer.model_max_length = config.max_position_embeddings  # saved with the export (else 1e30: "no limit")
     config.vocab_size = len(tokenizer)
     config.pad_token_id = tokenizer.pad_token_id
     config.bos_token_id = tokenizer.bos_token_id
@@ -69,6 +70,7 @@ def pretrained_causal_lm(
         tokenizer.chat_template = chat_template
     policy = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                   **model_kwargs)
+    policy.train()  # from_pretrained returns eval mode (no dropout); a policy is built to be trained, as from_config's
     if gradient_checkpointing:
         # Non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA).
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

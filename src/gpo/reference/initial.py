@@ -14,6 +14,7 @@ import torch
 
 from gpo.data.tokenization import token_digest
 from gpo.infra.cache import DiskCache, Outcome, digest
+from gpo.infra.console import progress
 from gpo.infra.errors import RunError
 from gpo.model.logprobs import LogProbs
 from gpo.reference.sft import supervised_finetune
@@ -55,9 +56,13 @@ class InitialPolicy:
             return None
 
         def write(directory):
-            log.info("SFT stage: training %d steps on the demonstrations", self.sft["steps"])
-            supervised_finetune(model, self.datamodule.demonstrations(), self.datamodule.tokenizer.pad_token_id,
-                                accelerator=self.accelerator, logprobs=self.logprobs, **self.sft)
+            demonstrations = self.datamodule.demonstrations()
+            log.info("SFT stage: %d steps on %d demonstrations, to make the initial policy a sensible reference; "
+                     "once per model and data, cached after (in %s). model.sft.steps=0 skips it",
+                     self.sft["steps"], len(demonstrations), self.cache.root)
+            with progress("SFT stage", self.sft["steps"], "steps") as advance:
+                supervised_finetune(model, demonstrations, self.datamodule.tokenizer.pad_token_id,
+                                    accelerator=self.accelerator, logprobs=self.logprobs, on_step=advance, **self.sft)
             broken = non_finite(model.state_dict())
             if broken:  # never cached: every later run would start from it
                 raise RunError(f"SFT stage: {len(broken)} weight tensor(s) became NaN or Inf (e.g. {broken[0]}) in "

@@ -26,6 +26,7 @@ from peft import PeftModel
 
 from gpo.data.tokenization import token_digest
 from gpo.infra.cache import Outcome, digest
+from gpo.infra.console import progress
 from gpo.infra.errors import InputError, RunError
 from gpo.model.logprobs import LogProbs
 from gpo.model.runtime import eval_mode
@@ -162,7 +163,8 @@ class CachedReference(Reference):
 
         def computed(per_token: bool):  # with a model built for this only: none is kept through training
             model = self.initial.model().to(device)
-            parts = [self._compute(model, split, datamodule, device, per_token) for split in splits]
+            with progress("Reference log-probs", rows, "pairs") as advance:
+                parts = [self._compute(model, split, datamodule, device, per_token, advance) for split in splits]
             values = torch.cat([part.values if per_token else part for part in parts])
             if not torch.isfinite(values).all():  # never cached: every later run would read it
                 raise RunError(f"reference log-probs: {int((~torch.isfinite(values)).sum())} of {values.numel()} "
@@ -192,7 +194,7 @@ class CachedReference(Reference):
         return outcome
 
     @torch.no_grad()
-    def _compute(self, model, split, datamodule, device, per_token: bool = False):
+    def _compute(self, model, split, datamodule, device, per_token: bool = False, advance=lambda n: None):
         """A split's log-probs ([pairs, 2]), or per token (CachedTokens). Batches
         built as in training (padded or packed: the same values to float
         tolerance); no DataLoader, because creating one draws from the global
@@ -210,6 +212,7 @@ class CachedReference(Reference):
             else:
                 chosen, rejected = self.logprobs.pair_logps(model, batch)
                 out.append(torch.stack([chosen, rejected], dim=1).float().cpu())
+            advance(len(rows["prompt_length"]))
         return CachedTokens.concatenate(out) if per_token else torch.cat(out)
 
     def logps(self, batch):

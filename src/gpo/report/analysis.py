@@ -60,6 +60,8 @@ def aggregate(runs: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
         done = finished(group)
         scale = group["regularisation_scale"].dropna()
         row = dict(zip(keys, values))
+        requested = group["beta_requested"].dropna().unique()  # beta as given; `beta` is the one the loss used
+        row["beta_requested"] = requested[0] if len(requested) == 1 else np.nan
         row.update(regularisation_scale=scale.iloc[0] if len(scale) else np.nan,
                    n_runs=len(group), n_finished=len(done), n_failed=len(group) - len(done),
                    status=", ".join(f"{n} {s}" for s, n in group["status"].value_counts().items()))

@@ -136,7 +136,7 @@ def load_wandb_runs(group: str, project: str | None = None, entity: str | None =
         # W&B adds its own bookkeeping (_step, _runtime, ...) to every summary.
         record = {k: v for k, v in summary.items() if not k.startswith("_")
                   and (k in RUN_FIELDS or _number_or_none(v))}
-        for key in ("loss", "beta", "seed"):
+        for key in ("loss", "beta", "beta_requested", "beta_scale", "seed"):
             # The trainer may have put the sweep axes in the config instead.
             if key not in record and not isinstance(run.config.get(key), dict):
                 record[key] = run.config.get(key)

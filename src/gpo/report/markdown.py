@@ -118,6 +118,9 @@ def results_markdown(table: pd.DataFrame, by: str | None = None) -> str:
     """The per-(loss, beta) table: mean ± standard error over finished seeds."""
     out = pd.DataFrame({**_group_columns(table, by), "loss": table["loss"], "β": table["beta"].map(lambda b: f"{b:g}"),
                         "n seeds": table["n_finished"], "n failed": table["n_failed"], "status": table["status"]})
+    requested = table.get("beta_requested", pd.Series(np.nan, index=table.index))
+    if (requested.notna() & (requested != table["beta"])).any():  # beta_scale: β is the one the loss used
+        out.insert(out.columns.get_loc("β") + 1, "β requested", requested.map(fmt))
     for metric in [m for m in TABLE_METRICS if m in table and table[m].notna().any()]:
         err = table[metric + STDERR_SUFFIX] if metric + STDERR_SUFFIX in table else [np.nan] * len(table)
         out[spec(metric).axis_label] = [fmt(v, s) for v, s in zip(table[metric], err)]

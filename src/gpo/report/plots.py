@@ -51,14 +51,37 @@ def panel_grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(max(n, 1) / ncols), ncols
 
 
-def log_x_at(ax, values) -> None:
-    """Log x axis; with a short sweep grid, ticks at the grid values, labelled plainly."""
+def log_x_at(ax, values, most: int = 7) -> None:
+    """Log x axis, ticks at the sweep's grid values, at most `most` of them and
+    at least 1/`most` of the axis apart (a long grid, or two families' rescaled
+    grids interleaved, would print their labels on top of each other), labelled
+    plainly; no minor labels (matplotlib labels minor ticks on an axis of about
+    a decade, and they overlap too)."""
     ax.set_xscale("log")
-    ticks = np.unique(pd.Series(values).dropna())
-    if len(ticks) <= 8:
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+    values = np.unique(pd.Series(values).dropna().map(lambda v: float(f"{v:.3g}")))
+    values = values[values > 0]
+    ticks = []
+    if len(values):
+        gap = max(np.log10(values[-1] / values[0]), 1e-12) / most
+        for value in values:
+            if not ticks or np.log10(value / ticks[-1]) >= gap * 0.999:
+                ticks.append(value)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def label_apart(ax, points, apart: tuple[float, float] = (0.07, 0.03)) -> None:
+    """Annotate (x, y, text, colour) points, skipping a label that would sit
+    within `apart` (fractions of the axes' width and height) of one already
+    placed: where curves pile up, one label per spot instead of a smudge."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    placed = []
+    for x, y, text, colour in points:
+        u, v = (x - x0) / (x1 - x0), (y - y0) / (y1 - y0)
+        if all(abs(u - pu) > apart[0] or abs(v - pv) > apart[1] for pu, pv in placed):
+            placed.append((u, v))
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
 
 
 def errors(group: pd.DataFrame, metric: str):
@@ -144,15 +167,16 @@ def plot_gold_vs_kl(table: pd.DataFrame, path: str | Path) -> Path | None:
     fig = new_figure()
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
+        points = []
         for name, group in table.groupby(series(table), sort=True):
             group = group.dropna(subset=[metric, "eval/kl"]).sort_values("beta")
             if group.empty:
                 continue
             ax.errorbar(group["eval/kl"], group[metric], yerr=errors(group, metric),
                         xerr=errors(group, "eval/kl"), capsize=3, label=name, **style[name])
-            for _, point in group.iterrows():
-                ax.annotate(f"β={point['beta']:.3g}", (point["eval/kl"], point[metric]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color=style[name]["color"])
+            points += [(point["eval/kl"], point[metric], f"β={point['beta']:.3g}", style[name]["color"])
+                       for _, point in group.iterrows()]
+        label_apart(ax, points)
         reference_line(ax, table, metric)
         ax.set_xlabel(spec("eval/kl").axis_label)
         ax.set_ylabel(spec(metric).axis_label)

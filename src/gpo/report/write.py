@@ -1,7 +1,7 @@
 """The sweep report, written: load the runs, compute every frame, write
 report.csv (one row per (loss, beta)), best_beta.csv (one row per family),
 report.md and the plots. `src/report.py` is its CLI; the end-of-sweep Hydra
-callback (`gpo.sweeps.outcomes`) calls `write_report` too.
+callback (`gpo.sweeps.outcomes.WriteSweepReport`) calls `write_report` too.
 """
 
 from __future__ import annotations
