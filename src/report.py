@@ -4,9 +4,11 @@
     python src/report.py multirun/... --by data.source.reward_temperature --reference ipo
     python src/report.py out_dir --wandb-group my-sweep --wandb-project gpo
 
+    python src/report.py multirun/... --out /tmp/report   # the sweep directory only read
+
 Writes report.csv (one row per (loss, β)), best_beta.csv (one row per family:
 best β, ratio to the reference, 95% intervals where the data support one),
-report.md and PNG plots into the directory, prints the main tables and the
+report.md and PNG plots into the directory (or --out), prints the main tables and the
 paths written. How the intervals are built and tested: docs/statistics.md.
 """
 
@@ -21,7 +23,9 @@ from gpo.report.peak import DROP
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", help="multirun directory (summary.json files are "
-                        "searched recursively); the report is written into it")
+                        "searched recursively); the report is written into it unless --out is given")
+    parser.add_argument("--out", help="write the report into this directory instead (created if missing); "
+                        "the sweep directory is then only read")
     parser.add_argument("--wandb-group", help="read the runs of this W&B group instead "
                         "of the local summary.json files (no trajectories)")
     parser.add_argument("--wandb-project")
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
                 if args.wandb_group else None)
         result = report.write_report(args.directory, runs, args.metric, args.reference, by=args.by,
                                      level=args.level, drop=args.window, precision=args.precision, gap=args.gap,
-                                     plots=not args.no_plots)
+                                     plots=not args.no_plots, out=args.out)
     except (FileNotFoundError, LookupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -373,6 +373,12 @@ def test_cli(tmp_path, capsys):
     assert f"| {TEMPERATURE_KEY} | loss | β |" in out  # the results table, split by the key
     assert "at matched KL [95%]" in out  # the matched-KL ratio
     assert str(directory / "best_beta.csv") in out and not list(directory.glob("*.png"))
+    elsewhere = tmp_path / "elsewhere" / "report"  # --out: the sweep directory is only read
+    before = sorted(p.name for p in directory.iterdir())
+    assert cli.main([str(directory), "--out", str(elsewhere), "--no-plots"]) == 0
+    assert str(elsewhere / "best_beta.csv") in capsys.readouterr().out
+    assert (elsewhere / "report.md").is_file() and sorted(p.name for p in directory.iterdir()) == before
+    assert f"Sweep directory: `{directory}`" in (elsewhere / "report.md").read_text()
     with pytest.raises(SystemExit):
         cli.main([str(directory), "--level", "95"])
     assert "--level and --window must lie in (0, 1)" in capsys.readouterr().err
