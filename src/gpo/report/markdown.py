@@ -33,7 +33,8 @@ NOTES = {
     "projected_link_ratio": "projected link = the β ratio at which pi_ref·exp(u*_f(φ)/β) has the reference "
                             "family's KL at its predicted best KL, u*_f the loss's population optimum over the "
                             "features φ the labels see: derived here, not in the paper (gpo/report/projected_link.py). "
-                            "No projected-link prediction (–) where the runs recorded no label features.",
+                            "No projected-link prediction (–) where a group's runs recorded no label features, or a "
+                            "family's projected KL cannot reach the reference's.",
 }
 STATISTICS_DOC = "docs/statistics.md"
 

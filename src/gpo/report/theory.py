@@ -27,8 +27,8 @@ ratio ("projected_link_ratio") equates two families' KL at the reference
 family's best KL, predicted from the gold's mean in each bin of phi
 (`projected_link_ratios`). It needs the data summary's `label_features`
 (gpo.data.sources.proxy: the pairs' (bin_w, bin_l, mean p, count), the
-reference's distribution over the bins and the gold's mean in each); NaN
-without them.
+reference's distribution over the bins and the gold's mean in each); no
+such column without them.
 """
 
 from __future__ import annotations
