@@ -13,6 +13,7 @@ paths written. How the intervals are built and tested: docs/statistics.md.
 """
 
 import argparse
+import os
 import sys
 
 from gpo import report
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.level < 1 or not 0 < args.window < 1 or not args.precision > 0:
         parser.error("--level and --window must lie in (0, 1), --precision must be positive")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out}: exists and is not a directory")
 
     try:
         runs = (report.load_wandb_runs(args.wandb_group, args.wandb_project, args.wandb_entity)

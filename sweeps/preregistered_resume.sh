@@ -33,6 +33,9 @@ for block in $blocks; do
 done
 run temperature/2/ipo "$seeds" loss=ipo "beta=${temperature[2,ipo]}" data.source.reward_temperature=2
 for t in 2 4; do for loss in ipo slic; do
+    # IPO at 2 is complete after the line above: a second copy under temperature/2/ipo/rest would count
+    # every run twice in the report (which refuses such twins).
+    [ "$t,$loss" = 2,ipo ] && continue
     run "temperature/$t/$loss/rest" "$seeds" "loss=$loss" "beta=${temperature[$t,$loss]}" data.source.reward_temperature="$t"
 done; done
 echo "Sweep directory: $dir (wall times: $dir/wall_times.txt)"

@@ -24,17 +24,19 @@ from gpo.report.load import finished, load_summaries  # noqa: E402
 WIN, KL, REG = "eval/win_rate", "eval/kl", "eval/offline_regulariser"
 
 
-def peaks(table: pd.DataFrame) -> str:
-    lines = ["| family | runs | betas | best grid β | win rate there | KL there | smallest β: win rate (SEs below "
-             "the peak) | largest β: win rate (SEs below) |", "|---|---|---|---|---|---|---|---|"]
-    for loss, group in table.groupby("loss"):
+def peaks(table: pd.DataFrame, key: str = "loss", label: str = "family") -> str:
+    """Per `key` value: the best grid point by win rate against both ends of the grid (difference over
+    the combined standard error of the two seed means; the best of many noisy means is biased upwards)."""
+    lines = [f"| {label} | runs | betas | best grid β | win rate there | KL there | smallest β: win rate (SEs "
+             "below the peak) | largest β: win rate (SEs below) |", "|---|---|---|---|---|---|---|---|"]
+    for value, group in table.groupby(key):
         group = group.sort_values("beta")
         best = group.loc[group[WIN].idxmax()]
         ends = []
         for end in (group.iloc[0], group.iloc[-1]):
             gap = (best[WIN] - end[WIN]) / np.hypot(best[WIN + "_stderr"], end[WIN + "_stderr"])
             ends.append(f"{end[WIN]:.3f} (β {end['beta']:g}: {gap:+.1f})")
-        lines.append(f"| {loss} | {int(group['n_finished'].sum())} | {len(group)} | {best['beta']:g} | "
+        lines.append(f"| {value} | {int(group['n_finished'].sum())} | {len(group)} | {best['beta']:g} | "
                      f"{best[WIN]:.3f} ± {best[WIN + '_stderr']:.3f} | {best[KL]:.2f} | {ends[0]} | {ends[1]} |")
     return "\n".join(lines)
 

@@ -24,27 +24,10 @@ from gpo.report.analysis import aggregate  # noqa: E402
 from gpo.report.load import finished, load_summaries  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preregistered_tables import peaks  # noqa: E402
 from proxy_calibration import tilt_curve  # noqa: E402
 
 KEY = "data.source.proxy.num_pairs"
-
-
-def peak_table(table) -> str:
-    """Per N: the best grid beta by win rate, its KL and win rate, and how far it stands above both ends
-    (difference / combined standard error of the two seed means)."""
-    lines = ["| N | seeds | best grid β | win rate there | KL there | smallest β: win rate (SEs below the peak) "
-             "| largest β: win rate (SEs below) |", "|---|---|---|---|---|---|---|"]
-    for n, group in table.groupby(KEY):
-        group = group.sort_values("beta")
-        best = group.loc[group["eval/win_rate"].idxmax()]
-        ends = []
-        for end in (group.iloc[0], group.iloc[-1]):
-            gap = best["eval/win_rate"] - end["eval/win_rate"]
-            se = np.hypot(best["eval/win_rate_stderr"], end["eval/win_rate_stderr"])
-            ends.append(f"{end['eval/win_rate']:.3f} (β {end['beta']:g}: {gap / se:+.1f})")
-        lines.append(f"| {int(n)} | {int(best['n_finished'])} | {best['beta']:g} | {best['eval/win_rate']:.3f} ± "
-                     f"{best['eval/win_rate_stderr']:.3f} | {best['eval/kl']:.2f} | {ends[0]} | {ends[1]} |")
-    return "\n".join(lines)
 
 
 def main():
@@ -54,7 +37,7 @@ def main():
     args = parser.parse_args()
     runs = finished(load_summaries(args.directory))
     table = aggregate(runs, by=KEY)
-    print(peak_table(table))
+    print(peaks(table.assign(**{KEY: table[KEY].astype(int)}), KEY, "N"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for colour, (n, group) in zip(colours, table.groupby(KEY)):

@@ -380,6 +380,9 @@ def test_cli(tmp_path, capsys):
     assert (elsewhere / "report.md").is_file() and sorted(p.name for p in directory.iterdir()) == before
     assert f"Sweep directory: `{directory}`" in (elsewhere / "report.md").read_text()
     with pytest.raises(SystemExit):
+        cli.main([str(directory), "--out", str(elsewhere / "report.md")])
+    assert "report.md: exists and is not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         cli.main([str(directory), "--level", "95"])
     assert "--level and --window must lie in (0, 1)" in capsys.readouterr().err
     assert cli.main([str(directory), "--metric", "eval/win_rat", "--no-plots"]) == 1
@@ -390,6 +393,20 @@ def test_cli(tmp_path, capsys):
     assert cli.main([str(directory), "--no-plots"]) == 1
     err = capsys.readouterr().err
     assert "1/summary.json: not a readable summary.json (JSONDecodeError" in err and "Traceback" not in err
+
+
+def test_a_run_copied_under_the_sweep_is_an_error_not_a_seed(tmp_path):
+    """A sweep resumed into a second directory under the reported one holds each finished run twice:
+    counted, they would be extra seeds with identical values (an interval too narrow). Other seeds,
+    other overrides (a --by group) and a failed run beside its finished re-run are not twins."""
+    directory = make_sweep(tmp_path / "twins", losses=("dpo", "ipo"), betas=BETAS[2:9], seeds=SEEDS[:2])
+    summary("dpo", BETAS[2], 0, temperature=2.0).write(directory / "other_group")
+    summary("dpo", BETAS[2], 0, status="failed").write(directory / "failed_then_rerun")
+    report.write_report(directory, plots=False, by=TEMPERATURE_KEY)
+    summary("ipo", BETAS[4], 1).write(directory / "resumed" / "7")
+    with pytest.raises(LookupError, match=r"2 finished runs repeat another's configuration, e\.g\. .* and resumed/7 "
+                                          r"\(loss ipo, beta 0\.08, seed 1"):
+        report.write_report(directory, plots=False)
 
 
 def test_cli_empty_directory_fails_cleanly(tmp_path):

@@ -167,6 +167,24 @@ def normalise(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+def check_unique(runs: pd.DataFrame) -> None:
+    """LookupError naming them when two finished runs share a configuration (loss, beta, seed and
+    overrides): e.g. a sweep resumed into a second directory under the one reported. Each would count
+    as a seed of its own, with identical values: too many seeds and too small an error."""
+    done = finished(runs)
+    known = done["overrides"].map(lambda o: isinstance(o, list))
+    keys = done[known].assign(config=done.loc[known, "overrides"].map(lambda o: tuple(sorted(map(str, o)))))
+    twins = keys[keys.duplicated(["loss", "beta", "seed", "config"], keep=False)]
+    if twins.empty:
+        return
+    first = twins.iloc[0]
+    same = twins[(twins["loss"] == first["loss"]) & (twins["beta"] == first["beta"])
+                 & (twins["seed"] == first["seed"]) & (twins["config"] == first["config"])]
+    raise LookupError(f"{len(twins)} finished runs repeat another's configuration, e.g. {' and '.join(same['path'])} "
+                      f"(loss {first['loss']}, beta {first['beta']:g}, seed {first['seed']:g}, the same overrides): "
+                      "each would count as a seed; move one copy out of the reported directory")
+
+
 def override_columns(runs: pd.DataFrame) -> list[str]:
     """Columns that came from Hydra override keys."""
     keys = {parsed[0] for overrides in runs["overrides"] if isinstance(overrides, list)

@@ -17,7 +17,7 @@ from gpo.report.analysis import aggregate, aggregate_trajectories, failed_runs, 
 from gpo.report.best_beta import best_beta, csv_frame
 from gpo.report.gao import gao_fits
 from gpo.report.gaps import largest_gap, matched_kl_beta_ratios, matched_kl_gaps
-from gpo.report.load import load_sweep, metric_columns, override_columns
+from gpo.report.load import check_unique, load_sweep, metric_columns, override_columns
 from gpo.report.markdown import report_markdown
 from gpo.report.metrics import SELECTION_METRICS
 from gpo.report.peak import DROP
@@ -101,6 +101,7 @@ def write_report(directory: str | Path, runs: pd.DataFrame | None = None, select
     out.mkdir(parents=True, exist_ok=True)
     if runs is None:
         runs, trajectories = load_sweep(directory)
+    check_unique(runs)
     if by and (by not in runs or runs[by].isna().all()):
         known = ", ".join(override_columns(runs)) or "none"
         raise LookupError(f"no run has {by!r} (override keys in this sweep: {known})")
