@@ -395,7 +395,7 @@ def test_cli(tmp_path, capsys):
     assert "1/summary.json: not a readable summary.json (JSONDecodeError" in err and "Traceback" not in err
 
 
-def test_a_run_copied_under_the_sweep_is_an_error_not_a_seed(tmp_path):
+def test_a_run_copied_under_the_sweep_is_an_error_not_a_seed(tmp_path, caplog):
     """A sweep resumed into a second directory under the reported one holds each finished run twice:
     counted, they would be extra seeds with identical values (an interval too narrow). Other seeds,
     other overrides (a --by group) and a failed run beside its finished re-run are not twins."""
@@ -407,6 +407,16 @@ def test_a_run_copied_under_the_sweep_is_an_error_not_a_seed(tmp_path):
     with pytest.raises(LookupError, match=r"2 finished runs repeat another's configuration, e\.g\. .* and resumed/7 "
                                           r"\(loss ipo, beta 0\.08, seed 1"):
         report.write_report(directory, plots=False)
+    # At the end of a multirun the jobs stand: the callback says why there is no report instead of failing.
+    from omegaconf import OmegaConf
+
+    from gpo.sweeps.outcomes import WriteSweepReport
+
+    (directory / "report.md").unlink()
+    (directory / "resumed" / "7" / ".hydra").mkdir()  # a Hydra job directory, as the callback looks for
+    with caplog.at_level("WARNING", logger="gpo.sweeps.outcomes"):
+        WriteSweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(directory)}}}))
+    assert "No sweep report: 2 finished runs repeat" in caplog.text and not (directory / "report.md").exists()
 
 
 def test_cli_empty_directory_fails_cleanly(tmp_path):
