@@ -4,13 +4,16 @@
     python src/report.py outputs/multirun/... --by data.source.reward_temperature --reference ipo
     python src/report.py outputs/multirun/... --wandb-group my-sweep --wandb-project gpo
 
+    python src/report.py multirun/... --out /tmp/report   # the sweep directory only read
+
 Writes report.csv (one row per (loss, β)), best_beta.csv (one row per family:
 best β, ratio to the reference, 95% intervals where the data support one),
-report.md and PNG plots into the directory, prints the main tables and the
+report.md and PNG plots into the directory (or --out), prints the main tables and the
 paths written. How the intervals are built and tested: docs/statistics.md.
 """
 
 import argparse
+import os
 import sys
 
 from gpo import report
@@ -21,7 +24,9 @@ from gpo.report.peak import DROP
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", help="multirun directory (summary.json files are "
-                        "searched recursively); the report is written into it")
+                        "searched recursively); the report is written into it unless --out is given")
+    parser.add_argument("--out", help="write the report into this directory instead (created if missing); "
+                        "the sweep directory is then only read")
     parser.add_argument("--wandb-group", help="read the runs of this W&B group instead "
                         "of the local summary.json files (no trajectories)")
     parser.add_argument("--wandb-project")
@@ -44,13 +49,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.level < 1 or not 0 < args.window < 1 or not args.precision > 0:
         parser.error("--level and --window must lie in (0, 1), --precision must be positive")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out}: exists and is not a directory")
 
     try:
         runs = (report.load_wandb_runs(args.wandb_group, args.wandb_project, args.wandb_entity)
                 if args.wandb_group else None)
         result = report.write_report(args.directory, runs, args.metric, args.reference, by=args.by,
                                      level=args.level, drop=args.window, precision=args.precision, gap=args.gap,
-                                     plots=not args.no_plots)
+                                     plots=not args.no_plots, out=args.out)
     except (FileNotFoundError, LookupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -373,6 +373,15 @@ def test_cli(tmp_path, capsys):
     assert f"| {TEMPERATURE_KEY} | loss | β |" in out  # the results table, split by the key
     assert "at matched KL [95%]" in out  # the matched-KL ratio
     assert str(directory / "best_beta.csv") in out and not list(directory.glob("*.png"))
+    elsewhere = tmp_path / "elsewhere" / "report"  # --out: the sweep directory is only read
+    before = sorted(p.name for p in directory.iterdir())
+    assert cli.main([str(directory), "--out", str(elsewhere), "--no-plots"]) == 0
+    assert str(elsewhere / "best_beta.csv") in capsys.readouterr().out
+    assert (elsewhere / "report.md").is_file() and sorted(p.name for p in directory.iterdir()) == before
+    assert f"Sweep directory: `{directory}`" in (elsewhere / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.main([str(directory), "--out", str(elsewhere / "report.md")])
+    assert "report.md: exists and is not a directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main([str(directory), "--level", "95"])
     assert "--level and --window must lie in (0, 1)" in capsys.readouterr().err
@@ -384,6 +393,30 @@ def test_cli(tmp_path, capsys):
     assert cli.main([str(directory), "--no-plots"]) == 1
     err = capsys.readouterr().err
     assert "1/summary.json: not a readable summary.json (JSONDecodeError" in err and "Traceback" not in err
+
+
+def test_a_run_copied_under_the_sweep_is_an_error_not_a_seed(tmp_path, caplog):
+    """A sweep resumed into a second directory under the reported one holds each finished run twice:
+    counted, they would be extra seeds with identical values (an interval too narrow). Other seeds,
+    other overrides (a --by group) and a failed run beside its finished re-run are not twins."""
+    directory = make_sweep(tmp_path / "twins", losses=("dpo", "ipo"), betas=BETAS[2:9], seeds=SEEDS[:2])
+    summary("dpo", BETAS[2], 0, temperature=2.0).write(directory / "other_group")
+    summary("dpo", BETAS[2], 0, status="failed").write(directory / "failed_then_rerun")
+    report.write_report(directory, plots=False, by=TEMPERATURE_KEY)
+    summary("ipo", BETAS[4], 1).write(directory / "resumed" / "7")
+    with pytest.raises(LookupError, match=r"2 finished runs repeat another's configuration, e\.g\. .* and resumed/7 "
+                                          r"\(loss ipo, beta 0\.08, seed 1"):
+        report.write_report(directory, plots=False)
+    # At the end of a multirun the jobs stand: the callback says why there is no report instead of failing.
+    from omegaconf import OmegaConf
+
+    from gpo.sweeps.outcomes import WriteSweepReport
+
+    (directory / "report.md").unlink()
+    (directory / "resumed" / "7" / ".hydra").mkdir()  # a Hydra job directory, as the callback looks for
+    with caplog.at_level("WARNING", logger="gpo.sweeps.outcomes"):
+        WriteSweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(directory)}}}))
+    assert "No sweep report: 2 finished runs repeat" in caplog.text and not (directory / "report.md").exists()
 
 
 def test_cli_empty_directory_fails_cleanly(tmp_path):

@@ -76,6 +76,15 @@ def _built(node):
     return instantiate(node) if _is_config(node) else node
 
 
+def feature_pairs(split: Dataset) -> list[list]:
+    """[[chosen bin, rejected bin, mean preference probability, count], ...] of a split whose
+    source records the binned feature its labels see (gpo.data.sources.proxy): what the
+    projected-link predictor needs (the pairwise loss is linear in p, so the mean suffices)."""
+    frame = split.select_columns(["chosen_feature", "rejected_feature", "preference_probability"]).to_pandas()
+    cells = frame.groupby(["chosen_feature", "rejected_feature"])["preference_probability"].agg(["mean", "size"])
+    return [[int(a), int(b), round(float(p), 6), int(n)] for (a, b), (p, n) in cells.iterrows()]
+
+
 class PreferenceDataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -248,6 +257,8 @@ class PreferenceDataModule(pl.LightningDataModule):
         if train is not None and "preference_probability" in train.column_names:
             counts = Counter(round(p, 4) for p in train["preference_probability"])
             out["preference_probabilities"] = sorted([p, n] for p, n in counts.items())
+        if train is not None and "chosen_feature" in train.column_names and hasattr(self.source, "label_features"):
+            out["label_features"] = {"pairs": feature_pairs(train), **self.source.label_features()}
         return out
 
     def evaluation_prompts(self, n: int) -> list[str]:

@@ -9,9 +9,10 @@ Modules, one job each: `load` (summary.json or W&B runs -> run table),
 intervals over seeds, Fieller sets, agrees/disagrees), `peak` (the maximum
 of a curve over seeds), `best_beta`, `gaps` (families at matched KL),
 `gao` (Gao et al.'s curves), `advisor` (seeds needed), `theory`
-(predictions), `simulation` (sweeps with a known answer, for the tests),
-`plots`, `theory_plots`, `markdown`, and `write` (the report itself;
-`src/report.py` is its CLI).
+(predictions), `projected_link` (the projected-link predictor's solver),
+`simulation` (sweeps with a known answer, for the tests), `plots`,
+`theory_plots`, `markdown`, and `write` (the report itself; `src/report.py`
+is its CLI).
 """
 
 from gpo.report.load import load_summaries, load_sweep, load_wandb_runs

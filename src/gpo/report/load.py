@@ -9,8 +9,10 @@ one column per final metric, the family's theory fields (f0, df0, d2f0,
 regularisation_scale) and one column per Hydra override key
 ("data.source.reward_temperature", ...; keys that name a run field, as
 "beta" or "loss", are not repeated). Two object columns carry what the
-theory needs: `loss_config` (dict) and `preference_probabilities` (list of
-[p, count], or None).
+theory needs: `loss_config` (dict), `preference_probabilities` (list of
+[p, count], or None) and `label_features` (dict, or None: what the
+projected-link predictor reads, from sources that record the features their
+labels see, gpo.data.sources.proxy).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from gpo.report.metrics import STDERR_SUFFIX
 THEORY_FIELDS = ["f0", "df0", "d2f0", "regularisation_scale"]
 # Per-run fields that identify or describe a run rather than measure it.
 RUN_FIELDS = ["loss", "beta", "seed", "status", "error", "beta_requested", "beta_scale",
-              "overrides", "path", "loss_config", "preference_probabilities", *THEORY_FIELDS]
+              "overrides", "path", "loss_config", "preference_probabilities", "label_features", *THEORY_FIELDS]
+OBJECT_FIELDS = ("loss_config", "preference_probabilities", "label_features", "overrides")
 
 
 def read_summaries(directory: str | Path) -> dict[str, RunSummary]:
@@ -79,7 +82,9 @@ def runs_frame(summaries: dict[str, RunSummary]) -> pd.DataFrame:
         record = {"loss": series_label(s.loss, s.method), "beta": s.beta, "seed": s.seed, "status": s.status,
                   "error": s.error, "beta_requested": s.beta_requested, "beta_scale": s.beta_scale,
                   "overrides": list(s.overrides), "path": path, "loss_config": dict(s.loss_config),
-                  "preference_probabilities": preference_probabilities(s.data), "wall_time_s": s.wall_time_s}
+                  "preference_probabilities": preference_probabilities(s.data),
+                  "label_features": s.data.get("label_features") if isinstance(s.data, dict) else None,
+                  "wall_time_s": s.wall_time_s}
         record.update({k: v for k, v in s.theory.items() if k in THEORY_FIELDS})
         record.update({k: v for k, v in s.metrics.items() if _number_or_none(v)})
         for parsed in filter(None, map(parse_override, s.overrides)):
@@ -156,7 +161,7 @@ def normalise(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.copy()
     for col in RUN_FIELDS:
         if col not in runs:
-            runs[col] = None if col in ("loss_config", "preference_probabilities", "overrides") else np.nan
+            runs[col] = None if col in OBJECT_FIELDS else np.nan
     runs["status"] = runs["status"].fillna("unknown")
     for col in ["beta", "seed", "beta_requested", *THEORY_FIELDS]:
         runs[col] = pd.to_numeric(runs[col], errors="coerce")
@@ -167,6 +172,24 @@ def normalise(runs: pd.DataFrame) -> pd.DataFrame:
         if converted.notna().sum() >= runs[col].notna().sum():  # numeric (or empty): keep as numbers
             runs[col] = converted
     return runs
+
+
+def check_unique(runs: pd.DataFrame) -> None:
+    """LookupError naming them when two finished runs share a configuration (loss, beta, seed and
+    overrides): e.g. a sweep resumed into a second directory under the one reported. Each would count
+    as a seed of its own, with identical values: too many seeds and too small an error."""
+    done = finished(runs)
+    known = done["overrides"].map(lambda o: isinstance(o, list))
+    keys = done[known].assign(config=done.loc[known, "overrides"].map(lambda o: tuple(sorted(map(str, o)))))
+    twins = keys[keys.duplicated(["loss", "beta", "seed", "config"], keep=False)]
+    if twins.empty:
+        return
+    first = twins.iloc[0]
+    same = twins[(twins["loss"] == first["loss"]) & (twins["beta"] == first["beta"])
+                 & (twins["seed"] == first["seed"]) & (twins["config"] == first["config"])]
+    raise LookupError(f"{len(twins)} finished runs repeat another's configuration, e.g. {' and '.join(same['path'])} "
+                      f"(loss {first['loss']}, beta {first['beta']:g}, seed {first['seed']:g}, the same overrides): "
+                      "each would count as a seed; move one copy out of the reported directory")
 
 
 def override_columns(runs: pd.DataFrame) -> list[str]:

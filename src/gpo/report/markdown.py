@@ -30,6 +30,11 @@ NOTES = {
     "link_ratio": "link = sqrt(E_w[t*_family(p)²] / E_w[t*_ref(p)²]), t*(p) = argmin_t p f(t) + (1-p) f(-t), w the "
                   "training pairs' distribution of p = P(chosen preferred): derived here, not in the paper. "
                   "No link prediction (–) where the runs recorded no preference probabilities (human labels).",
+    "projected_link_ratio": "projected link = the β ratio at which pi_ref·exp(u*_f(φ)/β) has the reference "
+                            "family's KL at its predicted best KL, u*_f the loss's population optimum over the "
+                            "features φ the labels see: derived here, not in the paper (gpo/report/projected_link.py). "
+                            "No projected-link prediction (–) where a group's runs recorded no label features, or a "
+                            "family's projected KL cannot reach the reference's.",
 }
 STATISTICS_DOC = "docs/statistics.md"
 

@@ -18,6 +18,17 @@ slope of t*_family against t*_reference, sum w t_f t_ref / sum w t_ref^2, is
 given as `link_ratio_lsq`; the RMS ratio is the geometric mean of that slope
 and the reverse one, sum w t_f^2 / sum w t_f t_ref. Near p = 1/2 every link
 is (2p - 1)/scale, and the link ratio tends to the Taylor ratio.
+
+Projected link (derived here; gpo.report.projected_link): the population
+optimum restricted to the policies the labels can identify,
+pi proportional to pi_ref * exp(u*_f(phi)/beta) over the features phi the
+labels see. Its KL is a known function of beta per family; the predicted
+ratio ("projected_link_ratio") equates two families' KL at the reference
+family's best KL, predicted from the gold's mean in each bin of phi
+(`projected_link_ratios`). It needs the data summary's `label_features`
+(gpo.data.sources.proxy: the pairs' (bin_w, bin_l, mean p, count), the
+reference's distribution over the bins and the gold's mean in each); no
+such column without them.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from gpo.infra.summary import FINISHED
 from gpo.losses.base import rms_ratio
 from gpo.report.analysis import per_group
 from gpo.report.load import finished
+from gpo.report.projected_link import best_kl, beta_at_kl, filled, projected_link
 
 _LINKS: dict = {}  # (loss config, p bytes) -> t*(p): the link is a numerical minimisation
 
@@ -106,21 +118,66 @@ def _predictions(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
         families[loss] = (scale.iloc[0] if len(scale) else np.nan, config)
     ref_scale, ref_config = families.get(reference, (np.nan, None))
     t_ref = link(ref_config, p) if ref_config is not None and len(p) else None
+    features = pooled_label_features(runs)
+    projected = (projected_link_ratios({loss: config for loss, (_, config) in families.items()}, reference, features)
+                 if features is not None else {})
     rows = []
     for loss, (scale, config) in families.items():
         t = link(config, p) if config is not None and len(p) else None
         rms, lsq = link_ratios(t, t_ref, w) if t is not None and t_ref is not None else (np.nan, np.nan)
         rows.append({"loss": loss, "regularisation_scale": scale,
                      "taylor_ratio": taylor_ratio(scale, ref_scale), "link_ratio": rms, "link_ratio_lsq": lsq,
-                     "link_rms": float(np.sqrt(np.sum(w * t**2))) if t is not None else np.nan})
-    columns = ["loss", "regularisation_scale", "taylor_ratio", "link_ratio", "link_ratio_lsq", "link_rms"]
-    return pd.DataFrame(rows, columns=columns)
+                     "link_rms": float(np.sqrt(np.sum(w * t**2))) if t is not None else np.nan,
+                     "projected_link_ratio": float(projected.get(loss, np.nan))})
+    columns = ["loss", "regularisation_scale", "taylor_ratio", "link_ratio", "link_ratio_lsq", "link_rms",
+               "projected_link_ratio"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame if features is not None else frame.drop(columns="projected_link_ratio")
 
 
 def predictions(runs: pd.DataFrame, reference: str = "ipo", by: str | None = None) -> pd.DataFrame:
-    """Per family (per `by` group if given): Taylor and link predictions of
-    beta(family) / beta(reference), with `link_rms` = sqrt(E_w[t*(p)^2])
-    (NaN without a preference-probability histogram or a GPO family)."""
+    """Per family (per `by` group if given): Taylor, link and projected-link
+    predictions of beta(family) / beta(reference), with `link_rms` =
+    sqrt(E_w[t*(p)^2]) (NaN without a preference-probability histogram or a
+    GPO family). `projected_link_ratio` only where runs carry `label_features`."""
     result = per_group(runs, by, _predictions, reference)
     result.attrs.update(reference=reference, by=by)
     return result
+
+
+def projected_link_ratios(loss_configs: dict, reference: str, features: dict, kl: float | None = None) -> dict:
+    """{family: beta_family / beta_reference} at which the projected-link policies have equal KL, at
+    `kl` (default: the reference family's best KL, predicted from the gold per bin). NaN for a family
+    whose config is not a GPO family or whose KL cannot reach `kl`."""
+    ref_dist = np.atleast_2d(np.asarray(features["reference"], dtype=float))
+    bins = ref_dist.shape[1]
+    losses = {name: build_loss(config) for name, config in loss_configs.items()}
+    if losses.get(reference) is None:
+        return {name: np.nan for name in loss_configs}
+    links = {name: projected_link(loss, features["pairs"], bins) for name, loss in losses.items() if loss is not None}
+    if kl is None:
+        kl = best_kl(links[reference], ref_dist, filled(features["gold"]))
+    beta_ref = beta_at_kl(links[reference], kl, ref_dist)
+    return {name: (beta_at_kl(links[name], kl, ref_dist) / beta_ref if name in links else np.nan)
+            for name in loss_configs}
+
+
+def pooled_label_features(runs: pd.DataFrame) -> dict | None:
+    """The runs' `label_features` (a column, if the run table carries it) pooled: the distinct data
+    samples' pair histograms each normalised and averaged, the reference distribution (per prompt) and
+    the gold per bin averaged. None without any, or if the runs' bins differ (different proxies: group
+    with `by`)."""
+    if "label_features" not in runs:
+        return None
+    distinct = {json.dumps(f["pairs"]): f for f in runs["label_features"] if isinstance(f, dict) and f.get("pairs")}
+    found = list(distinct.values())  # each data sample once, however many runs trained on it
+    if not found or any(f["centres"] != found[0]["centres"] for f in found):
+        return None
+    cells = pd.concat([pd.DataFrame(f["pairs"], columns=["chosen", "rejected", "p", "n"]).assign(
+        weight=lambda frame: frame["n"] / frame["n"].sum()) for f in found])
+    cells["p_weight"] = cells["p"] * cells["weight"]
+    pooled = cells.groupby(["chosen", "rejected"])[["p_weight", "weight"]].sum()
+    pairs = [[int(a), int(b), row.p_weight / row.weight, row.weight] for (a, b), row in pooled.iterrows()]
+    gold = np.nanmean([filled(f["gold"]) for f in found], axis=0)
+    return {"pairs": pairs, "centres": found[0]["centres"], "gold": gold.tolist(),
+            "reference": np.mean([f["reference"] for f in found], axis=0).tolist()}

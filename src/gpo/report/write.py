@@ -18,7 +18,7 @@ from gpo.report.best_beta import best_beta, csv_frame
 from gpo.report.diagnostics import plot_diagnostics
 from gpo.report.gao import gao_fits
 from gpo.report.gaps import largest_gap, matched_kl_beta_ratios, matched_kl_gaps
-from gpo.report.load import load_sweep, metric_columns, override_columns
+from gpo.report.load import check_unique, load_sweep, metric_columns, override_columns
 from gpo.report.markdown import report_markdown
 from gpo.report.metrics import SELECTION_METRICS
 from gpo.report.peak import DROP
@@ -91,15 +91,19 @@ def _plots(directory: Path, report: Report) -> list[Path]:
 def write_report(directory: str | Path, runs: pd.DataFrame | None = None, selection_metric: str | None = None,
                  reference: str = "ipo", by: str | None = None, trajectories: pd.DataFrame | None = None,
                  level: float = 0.95, drop: float = DROP, precision: float = 0.1, gap: float | None = None,
-                 plots: bool = True) -> Report:
-    """Load (unless `runs` is given), analyse, and write report.{csv,md}, best_beta.csv and (with
-    `plots`) PNGs into `directory`. `by`: an override key whose values split the sweep into groups;
-    `drop`: the fit window (see `gpo.report.peak`); `precision`, `gap`: the seed advisor's targets
-    (a relative half-width on the best-beta ratio; a gap at matched KL, default the largest measured)."""
+                 plots: bool = True, out: str | Path | None = None) -> Report:
+    """Load (unless `runs` is given) the sweep in `directory`, analyse, and write report.{csv,md},
+    best_beta.csv and (with `plots`) PNGs into `out` (default: `directory` itself; another folder
+    leaves a sweep that is still running, or read-only, untouched). `by`: an override key whose
+    values split the sweep into groups; `drop`: the fit window (see `gpo.report.peak`); `precision`,
+    `gap`: the seed advisor's targets (a relative half-width on the best-beta ratio; a gap at matched
+    KL, default the largest measured)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    out = directory if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     if runs is None:
         runs, trajectories = load_sweep(directory)
+    check_unique(runs)
     if by and (by not in runs or runs[by].isna().all()):
         known = ", ".join(override_columns(runs)) or "none"
         raise LookupError(f"no run has {by!r} (override keys in this sweep: {known})")
@@ -124,11 +128,11 @@ def write_report(directory: str | Path, runs: pd.DataFrame | None = None, select
                                                report.predictions, by)
         report.gao = gao_fits(runs, next(iter(present(report.table, GAO_METRICS))), by, level)
 
-    report.paths = [directory / "report.csv", directory / "best_beta.csv", directory / "report.md"]
+    report.paths = [out / "report.csv", out / "best_beta.csv", out / "report.md"]
     report.table.to_csv(report.paths[0], index=False)
     best_csv = csv_frame(report.best) if report.best is not None else pd.DataFrame(columns=["loss"])
     best_csv.to_csv(report.paths[1], index=False)
-    report.figures = _plots(directory, report) if plots else []
+    report.figures = _plots(out, report) if plots else []
     report.markdown = report_markdown(report, directory)
     report.paths[2].write_text(report.markdown)
     report.paths += report.figures

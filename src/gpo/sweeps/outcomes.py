@@ -87,6 +87,10 @@ class WriteSweepReport(Callback):
         if not job_outcomes(config.hydra.sweep.dir)["finished"]:
             log.warning("No finished job in %s: no sweep report", config.hydra.sweep.dir)
             return
-        result = report.write_report(config.hydra.sweep.dir, None, self.metric, self.reference)
+        try:
+            result = report.write_report(config.hydra.sweep.dir, None, self.metric, self.reference)
+        except LookupError as error:  # e.g. the same runs twice under the sweep: the jobs stand, the report waits
+            log.warning("No sweep report: %s (python src/report.py %s once resolved)", error, config.hydra.sweep.dir)
+            return
         log.info("Sweep report:\n%s\nWritten: %s", report.results_markdown(result.table),
                  ", ".join(str(p) for p in result.paths))

@@ -9,6 +9,7 @@ from gpo.data.sources.preferences import (
     UnpairedExamples,
     check_data_files,
 )
+from gpo.data.sources.proxy import LetterCountProxy, ProxyPreferences, RepeatPenalisedCount
 from gpo.data.sources.synthetic import (
     CappedCount,
     CopiedCharacters,
@@ -17,6 +18,6 @@ from gpo.data.sources.synthetic import (
     SyntheticPreferences,
 )
 
-__all__ = ["HHRLHF", "CappedCount", "CopiedCharacters", "Preferences", "PreferredCharacters", "PreferredFraction",
-           "SyntheticPreferences", "TLDRComparisons", "UltraFeedbackBinarized", "UnpairedExamples",
-           "check_data_files"]
+__all__ = ["HHRLHF", "CappedCount", "CopiedCharacters", "LetterCountProxy", "Preferences", "PreferredCharacters",
+           "PreferredFraction", "ProxyPreferences", "RepeatPenalisedCount", "SyntheticPreferences", "TLDRComparisons",
+           "UltraFeedbackBinarized", "UnpairedExamples", "check_data_files"]
