@@ -36,12 +36,13 @@ from gpo.reference import InitialPolicy, NoReference
 from gpo.training import GPOModule, Interrupted
 from gpo.training.preemption import signal_handlers_kept
 from gpo.training.resume import earlier_segments, finished_run, resume_checkpoint
+from gpo.training.timing import FitClock, StageClock
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> RunSummary:
-    started = time.time()
+    started, clock = time.time(), StageClock()  # clock: this part's time_split (gpo/training/timing.py)
     check_config(cfg)
     console.configure(cfg.get("verbose", False))
     run_dir = HydraConfig.get().runtime.output_dir
@@ -56,10 +57,12 @@ def train(cfg: DictConfig) -> RunSummary:
 
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
+    clock.lap("setup")
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
     datamodule.setup("fit")  # bad data fails here, before any compute
     datamodule.check_trainable()
     datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
+    clock.lap("data")
     logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
     loss_fn = instantiate(cfg.loss)
     initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
@@ -69,17 +72,22 @@ def train(cfg: DictConfig) -> RunSummary:
     # Before the SFT stage: bad input costs no compute.
     reference.check(choice("loss", cfg), loss_fn.needs_reference, lora=cfg.model.get("lora") is not None)
     stages = {"sft": initial.prepare(policy)}
+    clock.lap("sft")
     policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
     if cfg.model.get("compile"):
         compile_policy(policy)
     stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
+    clock.lap("reference")
     beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 
     module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                        logprobs)
     logger = tracking.make_logger(cfg.logger, run_dir)
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
+    # FitClock first: its step times end before the other callbacks' batch-end work (a sample evaluation).
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[FitClock(), *instantiate(cfg.callbacks).values()])
+    clock.lap("trainer")
     tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta})
+    clock.lap("logger")
     log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
              cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
     if checkpoint is not None:
@@ -88,12 +96,14 @@ def train(cfg: DictConfig) -> RunSummary:
     with signal_handlers_kept():
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+            clock.lap("fit")
         except Interrupted as stop:  # checkpointed at this step; recorded here with this part's time; run_job requeues
             if trainer.is_global_zero:
                 record = RunSummary(**identity(cfg), beta=beta, beta_scale=beta_scale, status=FAILED,
                                     error=f"Interrupted: {stop}", resumed_from_step=module.resumed_from_step,
                                     segments=list(segments))
-                record.add_segment(started, signal.Signals(stop.signum).name)
+                clock.lap("fit")
+                record.add_segment(started, signal.Signals(stop.signum).name, clock.split())
                 record.write(run_dir)
             raise
 
@@ -103,7 +113,7 @@ def train(cfg: DictConfig) -> RunSummary:
         data=datamodule.summary(), stages={name: asdict(s) for name, s in stages.items() if s is not None},
         resumed_from_step=module.resumed_from_step, segments=list(segments),
     )
-    for callback in trainer.callbacks:
+    for callback in trainer.callbacks:  # the timing ones put their parts of fit in summary.time_split
         if isinstance(callback, SummaryContributor):
             callback.contribute(summary)
     export = cfg.get("export") or {}
@@ -111,7 +121,8 @@ def train(cfg: DictConfig) -> RunSummary:
         exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False), trainer.strategy)
         if exported is not None:
             summary.stages["export"] = asdict(exported)
-    summary.add_segment(started, "finished")
+    clock.lap("export")
+    summary.add_segment(started, "finished", clock.split(fit_parts=summary.time_split))
     if trainer.is_global_zero:  # rank 0's summary has the sample evaluation
         summary.write(run_dir)
         tracking.record_summary(logger, summary.metrics)

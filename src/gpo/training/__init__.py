@@ -1,6 +1,7 @@
 """Training: the LightningModule that composes policy, reference and loss
 (module), the checkpoints a run resumes from (checkpoints), what stops a run
-without losing work (preemption) and which run a command continues (resume)."""
+without losing work (preemption), which run a command continues (resume) and
+where a run's wall time goes (timing: summary.json `time_split`)."""
 
 from gpo.training.checkpoints import AtomicCheckpointIO
 from gpo.training.module import GPOModule, NonFiniteLossError
