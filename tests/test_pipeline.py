@@ -139,8 +139,9 @@ def test_sft_stage_and_preference_pairs_tokenize_the_same_text_to_the_same_ids()
     assert demonstration["input_ids"] == pair["chosen_input_ids"]
 
 
-def test_eval_mode_restores_the_mode_however_the_block_ends(parts):
+def test_eval_mode_restores_the_mode_however_the_block_ends(parts, monkeypatch):
     from gpo.evaluation import evaluate_samples
+    from gpo.evaluation.sampling import prompt_token_ids
     from gpo.model import eval_mode
 
     _, policy, tokenizer, datamodule = parts
@@ -154,12 +155,13 @@ def test_eval_mode_restores_the_mode_however_the_block_ends(parts):
     assert not policy.training
     policy.train()
 
-    def broken_gold(prompt, response):
-        raise RuntimeError("gold reward failed")
+    def broken_logps(*args, **kwargs):
+        raise RuntimeError("reference log-probs failed")
 
     reference = FrozenReference(Unchanged(policy))
     reference.setup(policy, datamodule, torch.device("cpu"))
-    with pytest.raises(RuntimeError, match="gold reward failed"):  # sampling fails mid-evaluation
-        evaluate_samples(policy, reference, tokenizer, ["abc"], max_prompt_length=8, max_new_tokens=2,
-                         gold_reward=broken_gold)
+    monkeypatch.setattr("gpo.evaluation.sampling.response_logps", broken_logps)  # after the policy has sampled
+    ids = prompt_token_ids(tokenizer, ["abc"], 8)
+    with pytest.raises(RuntimeError, match="reference log-probs failed"):  # the evaluation fails midway
+        evaluate_samples(policy, reference, tokenizer, ["abc"], ids, [[]], max_new_tokens=2)
     assert policy.training  # the policy goes on training with dropout

@@ -228,6 +228,10 @@ def test_sigterm_in_process_checkpoints_stops_and_restores_the_handlers(tmp_path
     assert [part["ended_by"] for part in resumed.segments] == ["SIGTERM", "finished"]
     assert resumed.wall_time_s == pytest.approx(sum(part["seconds"] for part in resumed.segments))
     assert resumed.wall_time_s > resumed.segments[1]["seconds"] > 0
+    # So is its time split: the stopped part's fit unsplit (no callback reported), the finishing part's split.
+    first, last = (part["time_split"] for part in resumed.segments)
+    assert first["fit"] > 0 and "training_steps" not in first and last["training_steps"] > 0
+    assert resumed.time_split["total"] == pytest.approx(first["total"] + last["total"])
     # Starting over is a new run: no earlier parts.
     assert earlier_segments(compose_train([*RUN, "resume=false"]), tmp_path) == []
     assert len(earlier_segments(compose_train(RUN), tmp_path)) == 2

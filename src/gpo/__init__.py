@@ -10,8 +10,10 @@ The parts, lowest first; each imports only parts above it in this list
                  scaling (beta_scale)
     data         sources of pairs, tokenization, batching, a resumable data order, the data module
     reference    the initial policy (model + SFT stage) and pi_ref from it
-    training     the LightningModule (policy, reference, loss), checkpoints, preemption, identity, resume
-    evaluation   sampling-based KL / gold reward / win rate, through training
+    training     the LightningModule (policy, reference, loss), checkpoints, preemption, identity, resume,
+                 timing (the run's time split)
+    evaluation   sampling-based KL / gold reward / win rate, through training; the reference's
+                 samples, drawn once and cached
     report       the sweep report: tables, best beta, theory, plots
     bandit       the paper's toy bandit, solved exactly, and its experiment
 

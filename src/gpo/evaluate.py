@@ -34,6 +34,7 @@ from gpo.model import pretrained_causal_lm
 from gpo.run import compose, setup_job
 from gpo.training.checkpoints import last_checkpoint
 from gpo.training.identity import run_identity
+from gpo.training.timing import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,11 @@ def load_weights(module, checkpoint: Path) -> None:
 
 @interrupts.handled  # a signal stops the evaluation where it is, with a record (gpo.run.run_job)
 def evaluate(cfg: DictConfig) -> RunSummary:
-    started = time.time()
+    started, clock = time.time(), StageClock()
     setup_job(cfg)
     out_dir = HydraConfig.get().runtime.output_dir
     checkpoint, model_path = policy_source(str(cfg.policy))  # before any compute: a wrong path costs nothing
-    run = compose(cfg, out_dir, run_identity(cfg), logger_name="eval-")
+    run = compose(cfg, out_dir, run_identity(cfg), clock, logger_name="eval-")
     if checkpoint is None:
         run.module.policy = load_policy(model_path, run.tokenizer)
     else:
@@ -123,5 +124,6 @@ def evaluate(cfg: DictConfig) -> RunSummary:
     log.info("Evaluating %s", checkpoint or model_path)
     run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)  # its final line says what it measured
     summary = run.summary(cfg, evaluated=str(checkpoint or model_path))
-    run.write(summary, out_dir, started)
+    clock.lap("evaluation")
+    run.write(summary, out_dir, started, clock)
     return summary

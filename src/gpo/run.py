@@ -49,6 +49,7 @@ from gpo.training import GPOModule, RunRecord
 from gpo.training.composition import AXES, Composition
 from gpo.training.identity import run_identity
 from gpo.training.resume import earlier_segments, finished_run, resume_checkpoint
+from gpo.training.timing import FitClock, StageClock
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,12 @@ class Composed:
                 callback.contribute(summary)
         return summary
 
-    def write(self, summary: RunSummary, run_dir: str, started: float) -> None:
+    def write(self, summary: RunSummary, run_dir: str, started: float, clock: StageClock) -> None:
         """summary.json and the W&B run summary (rank 0's: it has the sample
-        evaluation), this process's part of the run since `started`; the W&B run closed."""
+        evaluation), this process's part of the run since `started` and where
+        its time went (`clock`, with the parts of fit the callbacks timed); the W&B run closed."""
         interrupts.enter("while writing the summary")
-        summary.add_segment(started, "finished")
+        summary.add_segment(started, "finished", clock.split(fit_parts=summary.time_split))
         if self.trainer.is_global_zero:
             summary.write(run_dir)
             tracking.record_summary(self.logger, summary)
@@ -109,19 +111,21 @@ class Composed:
         log.info("%s", console.headline(summary, run_dir))
 
 
-def compose(cfg: DictConfig, run_dir: str, experiment: dict, logger_name: str = "") -> Composed:
+def compose(cfg: DictConfig, run_dir: str, experiment: dict, clock: StageClock, logger_name: str = "") -> Composed:
     """Policy, data, initial policy (SFT stage), reference, loss, method axes and
     beta, the training module, the logger and the trainer, as the config says.
     Bad input (or parts that cannot work together) fails before the SFT stage:
-    it costs no compute."""
+    it costs no compute. `clock` times the stages (summary.json time_split)."""
     interrupts.enter("while loading the model")
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
+    clock.lap("setup")
     interrupts.enter("during data preparation")
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
     datamodule.setup("fit")  # bad data fails here, before any compute
     datamodule.check_trainable()
     datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
+    clock.lap("data")
     logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
     loss_fn = instantiate(cfg.loss)
     axes = {group: instantiate(cfg[group]) for group in AXES if group in cfg}
@@ -134,12 +138,14 @@ def compose(cfg: DictConfig, run_dir: str, experiment: dict, logger_name: str = 
     composition.check()
     interrupts.enter("during the SFT stage")
     stages = {"sft": initial.prepare(policy)}
+    clock.lap("sft")
     policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
     if cfg.model.get("compile"):
         compile_policy(policy)
     interrupts.enter("during the reference log-probs")
     stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator),
                                           tokens="reference_tokens" in composition.needs)
+    clock.lap("reference")
     beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 
     module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
@@ -147,23 +153,27 @@ def compose(cfg: DictConfig, run_dir: str, experiment: dict, logger_name: str = 
     logger = tracking.make_logger(cfg.logger, run_dir,
                                   name=f"{logger_name}{choice('loss', cfg)}-{beta_name(beta, cfg.beta)}")
     record = RunRecord(experiment)
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[*instantiate(cfg.callbacks).values(), record])
+    # FitClock first: its step times end before the other callbacks' batch-end work (a sample evaluation).
+    trainer = instantiate(cfg.trainer, logger=logger,
+                          callbacks=[FitClock(), *instantiate(cfg.callbacks).values(), record])
+    clock.lap("trainer")
     # The W&B config's beta is the one the loss uses, as in summary.json: one meaning of beta everywhere.
     tracking.record_config(logger, {**OmegaConf.to_container(cfg, resolve=True), "beta": beta,
                                     "beta_requested": cfg.beta, "beta_scale": beta_scale})
+    clock.lap("logger")
     return Composed(module, datamodule, tokenizer, trainer, logger, record, beta, beta_scale, stages)
 
 
 @interrupts.handled  # a signal in any stage stops the run where it is (gpo.infra.interrupts)
 def train(cfg: DictConfig) -> RunSummary:
-    started = time.time()
+    started, clock = time.time(), StageClock()  # clock: this part's time_split (gpo/training/timing.py)
     interrupts.enter("while starting")
     setup_job(cfg)
     run_dir = HydraConfig.get().runtime.output_dir
     experiment = run_identity(cfg)
     checkpoint = resume_checkpoint(cfg, run_dir, experiment)
     segments = earlier_segments(cfg, run_dir)  # a resumed run's earlier parts: its wall time sums them all
-    run = compose(cfg, run_dir, experiment)
+    run = compose(cfg, run_dir, experiment, clock)
     policy, trainer = run.module.policy, run.trainer
     log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), run.beta,
              cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
@@ -173,6 +183,7 @@ def train(cfg: DictConfig) -> RunSummary:
     with interrupts.deferred():  # a signal stops training at the end of a step (gpo.training.preemption)
         # weights_only: a resumed checkpoint is data, never code.
         trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=checkpoint, weights_only=True)
+    clock.lap("fit")
 
     interrupts.enter("after training")  # a signal received since its last step: its final checkpoint is written
     summary = run.summary(cfg, resumed_from_step=run.module.resumed_from_step, segments=list(segments))
@@ -183,7 +194,8 @@ def train(cfg: DictConfig) -> RunSummary:
                                  trainer.strategy)
         if exported is not None:
             summary.stages["export"] = asdict(exported)
-    run.write(summary, run_dir, started)
+    clock.lap("export")
+    run.write(summary, run_dir, started, clock)
     return summary
 
 
@@ -314,7 +326,7 @@ def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.
             stop = signals.interrupted(f"{signals.stage}, then {type(error).__name__}: {error}")
         else:
             message = f"{type(error).__name__}: {error}"
-            _record_failure(cfg, run_dir, experiment, message, Segments(segments, started, "failed"))
+            _record_failure(cfg, run_dir, experiment, message, Segments(segments, started, "failed", signals.stage))
             if multirun:  # let the other jobs of the sweep run
                 log.error("Job failed: %s", message, exc_info=not isinstance(error, OneLineError))
                 return None
@@ -323,7 +335,8 @@ def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.
                 sys.exit(f"error: {error}")
             raise
     closed = _record_failure(cfg, run_dir, experiment, f"Interrupted: {stop}",
-                             Segments(segments, started, signal.Signals(stop.signum).name), preempted=stop.requeue)
+                             Segments(segments, started, signal.Signals(stop.signum).name, signals.stage),
+                             preempted=stop.requeue)
     log.warning("Interrupted: %s", stop)
     try:
         if rank_zero_only.rank == 0:
@@ -341,6 +354,7 @@ class Segments:
     earlier: list[dict]
     started: float
     ended_by: str
+    stage: str  # where it stopped (gpo.infra.interrupts): "in training" is the time_split's `fit`, unsplit
 
 
 def _record_failure(cfg: DictConfig, run_dir: str, experiment: dict, error: str, parts: Segments,
@@ -350,7 +364,8 @@ def _record_failure(cfg: DictConfig, run_dir: str, experiment: dict, error: str,
     try:
         record = RunSummary(**identity(cfg), status=FAILED, error=error, identity=experiment,
                             segments=list(parts.earlier))
-        record.add_segment(parts.started, parts.ended_by)
+        stopped_stage = "fit" if parts.stage == "in training" else "stopped"
+        record.add_segment(parts.started, parts.ended_by, StageClock.current_split(stopped_stage))
         record.write(run_dir)
     except Exception as failure:
         log.warning("Could not write %s/summary.json (%s: %s)", run_dir, type(failure).__name__, failure)

@@ -14,7 +14,8 @@ from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.trainer.states import TrainerFn
 
 from gpo.data.tokenization import real_tokens
-from gpo.evaluation.sampling import evaluate_samples
+from gpo.evaluation.reference_samples import reference_samples
+from gpo.evaluation.sampling import evaluate_samples, prompt_token_ids
 from gpo.infra.summary import RunSummary
 from gpo.model.runtime import eval_mode
 
@@ -31,27 +32,6 @@ class PairThroughput(ThroughputMonitor):
             window_size=window_size,
             separator="/",
         )
-
-
-class StepTimes(pl.Callback):
-    """Wall time of every training step, measured end to end (batch end to
-    batch end: data loading, forward, backward, optimizer, logging), and the
-    real and padded tokens of each batch; recorded in the run summary as
-    `stages["training"]` (what benchmarks/training_speed.py reads)."""
-
-    def on_train_start(self, trainer, module):
-        self.start, self.ends, self.tokens, self.slots = time.perf_counter(), [], [], []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.ends.append(time.perf_counter())
-        self.tokens.append(real_tokens(batch))
-        self.slots.append(batch["input_ids"].numel())
-
-    def contribute(self, summary: RunSummary) -> None:
-        if getattr(self, "ends", None):
-            steps = [b - a for a, b in zip([self.start, *self.ends], self.ends)]
-            summary.stages["training"] = {"seconds": self.ends[-1] - self.start, "step_seconds": steps,
-                                          "real_tokens": sum(self.tokens), "batch_tokens": sum(self.slots)}
 
 
 @torch.no_grad()
@@ -113,9 +93,11 @@ class SampleEvaluation(pl.Callback):
     at the end of training, and, with `every_n_steps`, also at step 0 and every
     n steps, so one run draws its own gold-vs-KL path (Gao et al. 2023).
 
-    Sampling runs in a forked RNG seeded by (seed, step), so evaluating more
-    often does not change training, and an evaluation at a step draws the same
-    samples whether or not the run was resumed before it. Every evaluation
+    Sampling runs in a forked RNG: the policy's seeded by (seed, step), so
+    evaluating more often does not change training, and an evaluation at a
+    step draws the same samples whether or not the run was resumed before it;
+    the reference's seeded by seed alone, drawn once per set of prompts and
+    kept in the disk cache (gpo/evaluation/reference_samples.py). Every evaluation
     goes to the loggers (at its step) and to the run summary: the last as
     metrics, all of them as `trajectory` (kept in checkpoints)."""
 
@@ -131,9 +113,12 @@ class SampleEvaluation(pl.Callback):
         self.regulariser_batches = regulariser_batches
         self.seed = seed
         self.trajectory: list[dict[str, float]] = []
+        self.seconds = 0.0  # in all evaluations of this run (summary.json time_split)
+        self._prompts: dict[int, tuple] = {}  # number of prompts -> (prompts, their ids, reference samples)
 
     def setup(self, trainer, module, stage):
         self.trajectory = []  # before a checkpoint's state is loaded (load_state_dict)
+        self.seconds = 0.0
 
     def state_dict(self) -> dict:
         return {"trajectory": self.trajectory}
@@ -144,21 +129,34 @@ class SampleEvaluation(pl.Callback):
     def _evaluated_at(self, step: int) -> bool:
         return bool(self.trajectory) and self.trajectory[-1]["step"] == step
 
+    def prompts(self, datamodule, module, n: int) -> tuple[list[str], list[list[int]], list[list[int]]]:
+        """The first n evaluation prompts, their token ids and the reference's samples (made once per run)."""
+        if n not in self._prompts:
+            tokenizer = datamodule.tokenizer
+            prompts = datamodule.evaluation_prompts(n)
+            ids = prompt_token_ids(tokenizer, prompts, datamodule.max_prompt_length)
+            samples = reference_samples(module.reference, ids, self.max_new_tokens, tokenizer.pad_token_id,
+                                        tokenizer.eos_token_id, self.batch_size, self.seed, module.device)
+            self._prompts[n] = prompts, ids, samples
+        return self._prompts[n]
+
     def evaluate(self, trainer: pl.Trainer, module, final: bool = False, step: int | None = None) -> dict[str, float]:
         """`step`: the training step the policy's weights are from (default: the trainer's)."""
         step = trainer.global_step if step is None else step
         if isinstance(trainer.strategy, FSDPStrategy):  # rank-0-only generation with sharded weights would hang
             log.warning("Sample evaluation skipped under FSDP; evaluate the saved checkpoint on one device instead")
             return {}
+        start = time.perf_counter()
         datamodule = trainer.datamodule
+        prompts, prompt_ids, theirs = self.prompts(datamodule, module,
+                                                   self.num_prompts if final else self.trajectory_prompts)
         devices = [module.device] if module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed * 1_000_003 + step)
             metrics, rows = evaluate_samples(
-                module.policy, module.reference, datamodule.tokenizer,
-                datamodule.evaluation_prompts(self.num_prompts if final else self.trajectory_prompts),
-                max_prompt_length=datamodule.max_prompt_length, max_new_tokens=self.max_new_tokens,
-                gold_reward=datamodule.gold_reward, batch_size=self.batch_size, logprobs=module.logprobs,
+                module.policy, module.reference, datamodule.tokenizer, prompts, prompt_ids, theirs,
+                max_new_tokens=self.max_new_tokens, gold_reward=datamodule.gold_reward, batch_size=self.batch_size,
+                logprobs=module.logprobs,
             )
         regulariser = offline_regulariser(module, datamodule.val_dataloader(), self.regulariser_batches)
         if regulariser is not None:
@@ -171,7 +169,9 @@ class SampleEvaluation(pl.Callback):
                 columns = list(rows[0])
                 logger.log_table("eval/samples", columns=columns, data=[[row[c] for c in columns] for row in rows])
         self.trajectory.append({"step": step, **metrics})
-        log.info("Sample evaluation at step %d: %s", step,
+        seconds = time.perf_counter() - start
+        self.seconds += seconds
+        log.info("Sample evaluation at step %d (%.1f s): %s", step, seconds,
                  ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in metrics.items() if "stderr" not in k))
         return metrics
 
@@ -200,6 +200,7 @@ class SampleEvaluation(pl.Callback):
             self.evaluate(trainer, module, final=True, step=getattr(module, "resumed_from_step", None))
 
     def contribute(self, summary: RunSummary) -> None:
+        summary.time_split["sample_evaluation"] = self.seconds
         if self.trajectory:
             summary.metrics.update({k: v for k, v in self.trajectory[-1].items() if k != "step"})
             summary.trajectory = list(self.trajectory)

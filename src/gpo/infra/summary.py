@@ -41,10 +41,12 @@ class RunSummary:
     stages: dict = field(default_factory=dict)  # sft / reference: {"status": ..., "seconds": ...}
     resumed_from_step: int | None = None  # the checkpoint's step when the run continued one (gpo.training.resume)
     # One per process that ran it (a preempted and requeued run has several): start, end, seconds, ended_by
-    # ("finished", or the signal that stopped it). wall_time_s is their sum: the run's time, not its last part's.
+    # ("finished", or the signal that stopped it), time_split (that part's seconds by stage, gpo/training/timing.py).
+    # wall_time_s is their sum: the run's time, not its last part's; time_split is their splits' sum, stage by stage.
     segments: list[dict] = field(default_factory=list)
     identity: dict = field(default_factory=dict)  # the experiment it ran: fingerprint and keys (gpo.training.identity)
     evaluated: str | None = None  # src/evaluate.py: the policy evaluated (a checkpoint, a Hugging Face model path)
+    time_split: dict[str, float] = field(default_factory=dict)
     wall_time_s: float | None = None
 
     @property
@@ -57,12 +59,18 @@ class RunSummary:
         names = [names] if isinstance(names, str) else names or []
         return next((self.metrics[name] for name in names if name in self.metrics), None)
 
-    def add_segment(self, started: float, ended_by: str) -> None:
-        """This process's part of the run, from `started` (a time.time()) to now."""
+    def add_segment(self, started: float, ended_by: str, time_split: dict[str, float] | None = None) -> None:
+        """This process's part of the run, from `started` (a time.time()) to
+        now, with where its time went (`time_split`, seconds by stage)."""
         ended = time.time()
-        self.segments.append({"start": _timestamp(started), "end": _timestamp(ended),
-                              "seconds": round(ended - started, 3), "ended_by": ended_by})
+        segment = {"start": _timestamp(started), "end": _timestamp(ended), "seconds": round(ended - started, 3),
+                   "ended_by": ended_by}
+        self.segments.append(segment if time_split is None else {**segment, "time_split": time_split})
         self.wall_time_s = sum(part["seconds"] for part in self.segments)
+        self.time_split = {}  # summed over the parts that have one (an older version's records may not)
+        for part in self.segments:
+            for stage, seconds in part.get("time_split", {}).items():
+                self.time_split[stage] = self.time_split.get(stage, 0.0) + seconds
 
     def write(self, directory: str | Path) -> Path:
         """Atomically (temp file + rename): a reader never sees half a summary.
