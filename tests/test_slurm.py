@@ -26,9 +26,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from conftest import FAST, ROOT, SMALL_TASK, compose_train
+from gpo.infra.interrupts import slurm_job_id
 from gpo.infra.summary import RunSummary
 from gpo.run import train
-from gpo.training.preemption import CheckpointOnSignal, slurm_job_id
+from gpo.training.preemption import CheckpointOnSignal
 from test_distributed import COMMON as DDP_COMMON
 from test_distributed import curve, in_process
 from wandb_records import find_runs, read_run
@@ -62,7 +63,7 @@ class WaitForSignal(pl.Callback):
                                    "threads": torch.get_num_threads()}))
         tmp.rename(marker)  # whole or absent: the test never reads half a marker
         deadline = time.monotonic() + self.timeout_s
-        while preemption.received is None:
+        while not preemption.handler.pending:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"WaitForSignal: no signal within {self.timeout_s} s")
             time.sleep(0.05)
