@@ -229,6 +229,7 @@ def test_max_length_too_small_for_any_response_token(tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow  # a subprocess or a long training: the full suite runs it, the inner loop does not
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
     cfg = compose_train(
         ["loss._target_=test_bad_input.NaNAfter", "+loss.step=3", "logger=csv", *FAST, "trainer.max_steps=10"],

@@ -65,6 +65,7 @@ def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp
     assert len(table["data"]) == 6
 
 
+@pytest.mark.slow  # a subprocess or a long training: the full suite runs it, the inner loop does not
 def test_ddp_with_packing_and_length_grouping_matches_one_process(tmp_path):
     """Shuffled, length-grouped, packed batches: the same global batches on 1
     and 2 processes (each rank packs its share), so the same training curve."""

@@ -212,6 +212,7 @@ def test_the_slurm_preset_asks_for_what_the_trainer_trains_on():
     assert slurm_request("trainer=gpu", "hydra.launcher.cpus_per_task=16")["cpus_per_task"] == 16  # still overridable
 
 
+@pytest.mark.slow  # a subprocess or a long training: the full suite runs it, the inner loop does not
 @pytest.mark.parametrize("overrides, message", [
     (["trainer=ddp"], "trainer.devices must be a number on gpu, got 'auto': set trainer.devices=<devices per node>"),
     (["trainer.accelerator=auto"], "sizes each job from trainer.accelerator, which must be cpu or gpu there"),
