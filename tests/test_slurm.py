@@ -115,7 +115,7 @@ SIGNALS = {  # how a job is stopped at step 6: the command the test runs on the 
     "USR2": ["scancel", "--signal=USR2"],  # submitit's: its handler saves the submission and requeues the job
 }
 STOPPED_BY = {"requeue": "SIGTERM", "USR1": "SIGUSR1", "USR2": "SIGUSR2"}
-JOBS = {"0_dpo-beta0.1": "requeue", "1_ipo-beta0.1": "USR1", "2_slic-beta0.1": "USR2"}
+JOBS = {"000_dpo-beta0.1": "requeue", "001_ipo-beta0.1": "USR1", "002_slic-beta0.1": "USR2"}
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_a_preempted_job_resumes_to_the_uninterrupted_run(readme_sweep, tmp_path
     requeued, and its second run resumes from step 7 to the metrics and
     evaluation trajectory of the same run uninterrupted (here, in-process)."""
     sweep_dir, sent, _, _ = readme_sweep
-    job = sent[name.split("_")[0]]
+    job = sent[str(int(name.split("_")[0]))]  # the marker file is named by Hydra's job number
     assert job["signal"] == how and job["threads"] == 1  # num_threads=auto: SLURM_CPUS_PER_TASK, 1 of 2 cores
     job_dir = sweep_dir / name
     summary = RunSummary.read(job_dir)
@@ -215,7 +215,7 @@ def test_a_sweep_run_again_after_a_requeue_skips_the_finished_job(readme_sweep):
     sweep(sweep_dir, "loss=dpo", *overrides[1:])
     assert {p.parent.name: p.read_text() for p in sweep_dir.glob("*/summary.json")} == before
     (again,) = {p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" not in p.name} - arrays
-    assert "0_dpo-beta0.1: finished already (summary.json); skipped" in job_logs(sweep_dir, again)  # 1 job: no array
+    assert "000_dpo-beta0.1: finished already (summary.json); skipped" in job_logs(sweep_dir, again)  # 1 job: no array
     assert len(pd.read_csv(sweep_dir / "report.csv")) == 3  # the report covers the whole directory
 
 
@@ -239,7 +239,7 @@ def test_ddp_runs_one_slurm_task_per_rank_through_the_launcher(tmp_path):
     assert sorted(ranks) == [0, 1]  # SLURM started two tasks, which joined one process group as ranks 0 and 1
     assert all(f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in log for rank, log in ranks.items()), ranks
 
-    job_dir = sweep_dir / "0_dpo-beta0.1"
+    job_dir = sweep_dir / "000_dpo-beta0.1"
     assert RunSummary.read(job_dir).finished
     (run,) = find_runs(str(job_dir))  # one W&B run: rank 0's
     ddp = read_run(run)

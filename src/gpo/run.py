@@ -340,10 +340,13 @@ def _run_job(cfg: DictConfig, run_dir: str, multirun: bool, signals: interrupts.
     log.warning("Interrupted: %s", stop)
     try:
         if rank_zero_only.rank == 0:
-            stop.hand_over()  # a scheduler's signal: requeue (never raises; submitit's handler ends in sys.exit)
-    finally:
-        if not closed:  # W&B's exit hooks would wait on its dead service until the scheduler's SIGKILL
-            exit_now(f"interrupted: {stop}")
+            stop.hand_over()  # a scheduler's signal: requeue (never raises)
+    except SystemExit:  # submitit's handler requeues, then exits: the line below stays the run's last word
+        pass
+    # Exit at once, without the exit hooks, when they could outlive what is left: W&B's would wait on a service
+    # the signal stopped; and in a SLURM job step that was requeued, SLURM cancels the step right after.
+    if not closed or (stop.requeue and "SLURM_STEP_ID" in os.environ):
+        exit_now(f"interrupted: {stop}")
     sys.exit(f"interrupted: {stop}")
 
 
