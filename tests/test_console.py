@@ -25,7 +25,8 @@ from gpo import report
 from gpo.infra import console
 from gpo.infra.config import job_number
 from gpo.infra.summary import RunSummary
-from gpo.run import folder_beta, run_job, train
+from gpo.run import run_job, train
+from gpo.training.names import folder_beta
 from wandb_records import find_runs, read_run
 
 # ------------------------------------------------------------------ beta: one meaning everywhere

@@ -36,18 +36,19 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from gpo.data.sources import check_data_files
 from gpo.infra import console, interrupts, tracking
 from gpo.infra.cache import DiskCache
-from gpo.infra.config import CONF_DIR, check_config, instantiate, torch_threads
+from gpo.infra.config import check_config, instantiate, torch_threads
 from gpo.infra.errors import OneLineError, RunRefused
 from gpo.infra.interrupts import Interrupted
 from gpo.infra.run_lock import run_directory_lock
 from gpo.infra.summary import FAILED, RunSummary, SummaryContributor
-from gpo.losses.scaling import beta_scale_factor, planned_beta
+from gpo.losses.scaling import beta_scale_factor
 from gpo.model import LogProbs, compile_policy, device_for, export_policy, with_lora
 from gpo.reference import InitialPolicy, NoReference
 from gpo.sweeps.outcomes import note_refused_job
 from gpo.training import GPOModule, RunRecord
 from gpo.training.composition import AXES, Composition
 from gpo.training.identity import run_identity
+from gpo.training.names import beta_name, choice, identity
 from gpo.training.resume import earlier_segments, finished_run, resume_checkpoint
 from gpo.training.timing import FitClock, StageClock
 
@@ -221,63 +222,6 @@ def scaled_beta(cfg: DictConfig, loss_fn, datamodule) -> tuple[float, str]:
         return cfg.beta, "none"
     log.info("beta_scale=%s: beta %g x %.4g = %.4g", mode, cfg.beta, factor, cfg.beta * factor)
     return cfg.beta * factor, mode
-
-
-def choice(group: str, cfg: DictConfig) -> str:
-    """The option chosen for a config group (e.g. loss=dpo), where Hydra ran the job."""
-    if HydraConfig.initialized():
-        return HydraConfig.get().runtime.choices.get(group) or "?"
-    return "?"
-
-
-def identity(cfg: DictConfig, beta: float | None = None, beta_scale: str | None = None) -> dict:
-    """What names a run in its summary: loss, method, seed, overrides, `beta`
-    (the value the loss used; for a run that failed before reading its data,
-    the one the config implies: gpo.losses.scaling.planned_beta) and
-    `beta_requested` (the value given)."""
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    mode = cfg.get("beta_scale", "none")
-    if beta is None:
-        beta = planned_beta(cfg.beta, mode, cfg.loss)
-        beta = cfg.beta if beta is None else beta
-    return {"loss": choice("loss", cfg), "method": method(cfg), "beta": beta, "beta_requested": cfg.beta,
-            "beta_scale": beta_scale or mode, "seed": cfg.seed, "overrides": overrides}
-
-
-def method(cfg: DictConfig) -> str:
-    """What the run trains besides its loss: the axis choices that differ from
-    conf/train.yaml's defaults, and a reference that moves (TR-DPO), e.g.
-    "rho=mean weighting=wpo" ("" for plain GPO). Part of a run's identity in the
-    summary and the sweep report, so that runs differing only there are never
-    averaged into one curve."""
-    defaults = {group: option for entry in OmegaConf.load(CONF_DIR / "train.yaml").defaults
-                if isinstance(entry, DictConfig) for group, option in entry.items()}
-    changed = [f"{group}={choice(group, cfg)}" for group in AXES
-               if choice(group, cfg) not in (defaults.get(group), "?")]
-    if cfg.get("reference", {}).get("sync") is not None:
-        changed.append(f"reference={choice('reference', cfg)}")
-    return " ".join(changed)
-
-
-def beta_name(used, requested) -> str:
-    """The beta in run and folder names: `beta<used>`, and `-requested<given>`
-    when beta_scale changed it (`beta0.2-requested0.1`)."""
-    return f"beta{requested}" if used == requested else f"beta{used:.4g}-requested{requested}"
-
-
-def folder_beta(beta, mode, loss_cfg) -> str:
-    """`${beta_label:${beta},${beta_scale},${loss}}` (conf/train.yaml): the beta
-    of a run's folder name, known before the run starts. Under beta_scale=link
-    the beta used depends on the data's preference probabilities, read only by
-    the run: `requested<given>-link` (the W&B run name, summary.json and the
-    report give the value used)."""
-    if mode == "link":
-        return f"requested{beta}-link"
-    used = planned_beta(beta, mode, loss_cfg)
-    return beta_name(beta if used is None else used, beta)
-
-
-OmegaConf.register_new_resolver("beta_label", folder_beta, replace=True)
 
 
 def run_job(cfg: DictConfig, job: Callable[[DictConfig], RunSummary] = train) -> float | None:

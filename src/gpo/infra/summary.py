@@ -31,7 +31,7 @@ class RunSummary:
     error: str | None = None  # "<ExceptionType>: <message>" when FAILED
     beta_requested: float | None = None  # beta as given; differs from `beta` under beta_scale
     beta_scale: str = "none"  # none | taylor | link
-    method: str = ""  # the non-default axis choices, e.g. "rho=mean weighting=wpo" (gpo.run.method)
+    method: str = ""  # the non-default axis choices, e.g. "rho=mean weighting=wpo" (gpo.training.names.method)
     overrides: list[str] = field(default_factory=list)  # the job's Hydra overrides
     loss_config: dict = field(default_factory=dict)  # the resolved conf/loss node: rebuilds the loss (link, theory)
     theory: dict[str, float] = field(default_factory=dict)  # GPO families: f0, df0, d2f0, regularisation_scale

@@ -95,7 +95,7 @@ def runs_frame(summaries: dict[str, RunSummary]) -> pd.DataFrame:
 
 def series_label(loss: str, method: str) -> str:
     """A run's family in the report: its loss, and the method's non-default axes
-    (gpo.run.method) when there are any, e.g. "dpo [rho=mean]": runs that differ
+    (gpo.training.names.method) when there are any, e.g. "dpo [rho=mean]": runs that differ
     in an axis are never averaged into one curve."""
     return f"{loss} [{method}]" if method else loss
 
