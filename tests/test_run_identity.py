@@ -122,7 +122,7 @@ def test_a_sweep_rerun_with_another_key_refuses_each_job_and_lists_them(tmp_path
     again = sweep(tmp_path, "optimizer.lr=3e-4")
     output = again.stdout + again.stderr
     assert again.returncode == 0, output[-3000:]
-    for job in ("0_dpo-beta0.1", "1_ipo-beta0.1"):
+    for job in ("000_dpo-beta0.1", "001_ipo-beta0.1"):
         assert (f"Job refused: {tmp_path / job} holds another experiment (its summary.json: optimizer.lr: 0.0001 -> "
                 "0.0003)") in output
     assert "2 of 2 jobs did not finish" in output
@@ -131,6 +131,6 @@ def test_a_sweep_rerun_with_another_key_refuses_each_job_and_lists_them(tmp_path
     started_over = sweep(tmp_path, "optimizer.lr=3e-4", "resume=false")
     assert started_over.returncode == 0, started_over.stderr[-3000:]
     assert "All 2 jobs" in started_over.stdout + started_over.stderr
-    for job in ("0_dpo-beta0.1", "1_ipo-beta0.1"):
+    for job in ("000_dpo-beta0.1", "001_ipo-beta0.1"):
         assert (tmp_path / job / "previous" / "1" / "summary.json").read_text() == records[job]
         assert RunSummary.read(tmp_path / job).identity["config"]["optimizer.lr"] == 3e-4

@@ -112,7 +112,7 @@ def test_the_optuna_sweeper_prunes_trials_through_the_launcher(tmp_path):
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
     assert all(list(t.intermediate_values) == [2] and t.value == t.intermediate_values[2] for t in trials)
     jobs = summaries(sweep)
-    assert sorted(name.split("_")[0] for name in jobs) == ["0", "1"]
+    assert sorted(name.split("_")[0] for name in jobs) == ["000", "001"]
     assert all(job["status"] == "pruned" and job["stages"]["optuna"]["pruned_at_step"] == 2 for job in jobs.values())
     assert all(max(point["step"] for point in job["trajectory"]) == 2 for job in jobs.values())
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
