@@ -16,7 +16,7 @@ from gpo.models import char_tokenizer
 from gpo.run import train
 
 LOSSES = sorted(p.stem for p in Path(CONF, "loss").glob("*.yaml"))
-EXPERIMENTS = ["overoptimisation", "paper_controlled", "paper_controlled_tldr"]
+EXPERIMENTS = ["overoptimisation", "paper_controlled", "paper_controlled_tldr", "proxy_overoptimisation"]
 # The controlled run, made cheap: fewer pairs and evaluation samples (the session's SFT reference is shared).
 SMALL = ["experiment=paper_controlled", "data.source.num_pairs=600", "callbacks.sample_evaluation.num_prompts=256",
          "trainer.max_steps=60",

@@ -96,6 +96,18 @@ def drop_unusable(dataset: Dataset, where: str, strict: bool) -> tuple[Dataset, 
     return dataset, dict(dropped)
 
 
+def feature_pairs(split: Dataset) -> list[list]:
+    """[[chosen bin, rejected bin, mean preference probability, count], ...] of a split whose
+    source records the binned feature its labels see (gpo.data.sources.proxy): what the
+    projected-link predictor needs (the pairwise loss is linear in p, so the mean suffices)."""
+    totals: dict[tuple[int, int], list[float]] = {}
+    for a, b, p in zip(split["chosen_feature"], split["rejected_feature"], split["preference_probability"]):
+        entry = totals.setdefault((a, b), [0.0, 0])
+        entry[0] += p
+        entry[1] += 1
+    return [[a, b, round(total / n, 6), n] for (a, b), (total, n) in sorted(totals.items())]
+
+
 class PreferenceDataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -228,6 +240,8 @@ class PreferenceDataModule(pl.LightningDataModule):
         if train is not None and "preference_probability" in train.column_names:
             counts = Counter(round(p, 4) for p in train["preference_probability"])
             out["preference_probabilities"] = sorted([p, n] for p, n in counts.items())
+        if train is not None and "chosen_feature" in train.column_names and hasattr(self.source, "label_features"):
+            out["label_features"] = {"pairs": feature_pairs(train), **self.source.label_features()}
         return out
 
     def evaluation_prompts(self, n: int) -> list[str]:

@@ -18,6 +18,22 @@ slope of t*_family against t*_reference, sum w t_f t_ref / sum w t_ref^2, is
 given as `link_ratio_lsq`; the RMS ratio is the geometric mean of that slope
 and the reverse one, sum w t_f^2 / sum w t_f t_ref. Near p = 1/2 every link
 is (2p - 1)/scale, and the link ratio tends to the Taylor ratio.
+
+Projected link (derived here; ../shared/GPO.md "The projected link"): the link
+sets each pair's margin on its own, but a policy moves whole responses, and
+only the features phi the labels depend on are identified. Restricted to
+policies pi_u proportional to pi_ref * exp(u(phi)/beta), the population loss
+is minimised by
+    u*_f = argmin_u E_pairs[p f(u(phi_w) - u(phi_l)) + (1 - p) f(u(phi_l) - u(phi_w))],
+which does not depend on beta (`projected_link`; piecewise-linear f such as
+the hinge: a linear programme; smooth f: L-BFGS from u = 0, which for a
+non-convex f such as Savage is the optimum reachable from the reference).
+KL(pi_{u*/beta} || pi_ref) is then a known function of beta per family, and
+the predicted ratio is the one that equates two families' KL at the
+reference family's best KL, predicted from the gold's mean in each bin of phi
+(`projected_link_ratios`). It needs the data summary's `label_features`
+(gpo.data.sources.proxy): the pairs' (bin_w, bin_l, mean p, count), the
+reference's distribution over the bins and the gold's mean in each.
 """
 
 from __future__ import annotations
@@ -26,6 +42,8 @@ import json
 
 import numpy as np
 import pandas as pd
+import torch
+from scipy.optimize import linprog, minimize
 
 from gpo.losses.base import rms_ratio
 from gpo.report.analysis import per_group
@@ -113,14 +131,177 @@ def _predictions(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
         rows.append({"loss": loss, "regularisation_scale": scale,
                      "taylor_ratio": taylor_ratio(scale, ref_scale), "link_ratio": rms, "link_ratio_lsq": lsq,
                      "link_rms": float(np.sqrt(np.sum(w * t**2))) if t is not None else np.nan})
-    columns = ["loss", "regularisation_scale", "taylor_ratio", "link_ratio", "link_ratio_lsq", "link_rms"]
-    return pd.DataFrame(rows, columns=columns)
+    columns = ["loss", "regularisation_scale", "taylor_ratio", "link_ratio", "link_ratio_lsq", "link_rms",
+               "projected_link_ratio"]
+    features = pooled_label_features(runs)
+    projected = (projected_link_ratios({loss: config for loss, (_, config) in families.items()}, reference, features)
+                 if features is not None else {})
+    return pd.DataFrame(rows, columns=columns[:-1]).assign(
+        projected_link_ratio=lambda frame: frame["loss"].map(projected).astype(float))
 
 
 def predictions(runs: pd.DataFrame, reference: str = "ipo", by: str | None = None) -> pd.DataFrame:
-    """Per family (per `by` group if given): Taylor and link predictions of
-    beta(family) / beta(reference), with `link_rms` = sqrt(E_w[t*(p)^2])
-    (NaN without a preference-probability histogram or a GPO family)."""
+    """Per family (per `by` group if given): Taylor, link and projected-link
+    predictions of beta(family) / beta(reference), with `link_rms` =
+    sqrt(E_w[t*(p)^2]) (NaN without a preference-probability histogram or a
+    GPO family; the projected link also needs a `label_features` column)."""
     result = per_group(runs, by, _predictions, reference)
     result.attrs.update(reference=reference, by=by)
     return result
+
+
+# -- the projected link ------------------------------------------------------------------------------------
+
+def piecewise_linear_pieces(loss, span: float = 8.0, points: int = 1601, max_pieces: int = 4):
+    """[(slope, intercept), ...] if f is the maximum of at most `max_pieces` lines on [-span, span]
+    (convex and piecewise linear, as the hinge), else None: such an f is solved exactly as a linear
+    programme, any other by gradient descent."""
+    grid = np.linspace(-span, span, points)
+    with torch.no_grad():
+        value = loss.f(torch.as_tensor(grid)).numpy()
+    slopes = np.round(np.diff(value) / np.diff(grid), 9)
+    distinct, first, counts = np.unique(slopes, return_index=True, return_counts=True)
+    lines = [(float(s), float(value[i] - s * grid[i])) for s, i, c in zip(distinct, first, counts) if c >= 3]
+    if not lines or len(lines) > max_pieces:
+        return None
+    fitted = np.max([a * grid + b for a, b in lines], axis=0)
+    return lines if np.allclose(fitted, value, atol=1e-9) else None
+
+
+def projected_link(loss, pairs, bins: int) -> np.ndarray:
+    """u*_f over `bins` bins of phi from pairs [[bin_w, bin_l, mean p, count], ...] (see the module
+    docstring). Bins no pair reaches take the value interpolated between their neighbours (nearest
+    beyond the last). u is defined up to a constant; returned with its reference-free gauge mean 0
+    over the bins the pairs reach."""
+    pairs = np.asarray(pairs, dtype=float).reshape(-1, 4)
+    a, b, p, n = pairs[:, 0].astype(int), pairs[:, 1].astype(int), pairs[:, 2], pairs[:, 3] / pairs[:, 3].sum()
+    pieces = piecewise_linear_pieces(loss)
+    u = _solve_linear_programme(pieces, a, b, p, n, bins) if pieces else _solve_smooth(loss, a, b, p, n, bins)
+    seen = np.unique(np.concatenate([a, b]))
+    u = u - u[seen].mean()
+    return np.interp(np.arange(bins), seen, u[seen])
+
+
+def _solve_smooth(loss, a, b, p, n, bins) -> np.ndarray:
+    a_t, b_t, p_t, n_t = (torch.as_tensor(x) for x in (a, b, p, n))
+
+    def objective(u):
+        u = torch.tensor(u, dtype=torch.float64, requires_grad=True)
+        d = u[a_t] - u[b_t]
+        value = torch.sum(n_t * (p_t * loss.f(d) + (1 - p_t) * loss.f(-d)))
+        (grad,) = torch.autograd.grad(value, u)
+        return value.item(), grad.numpy()
+
+    result = minimize(objective, np.zeros(bins), jac=True, method="L-BFGS-B",
+                      options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-10})
+    return result.x
+
+
+def _solve_linear_programme(pieces, a, b, p, n, bins) -> np.ndarray:
+    """min sum_e n_e (p_e s_e + (1 - p_e) r_e), s_e >= f-piece(u_a - u_b), r_e >= f-piece(u_b - u_a);
+    variables [u (bins), s (E), r (E)], u free (the first reached bin pinned at 0)."""
+    edges = len(a)
+    cost = np.concatenate([np.zeros(bins), n * p, n * (1 - p)])
+    rows, rhs = [], []
+    for slope, intercept in pieces:  # slope * d + intercept - s <= 0
+        for sign, slack in ((1.0, bins), (-1.0, bins + edges)):
+            block = np.zeros((edges, bins + 2 * edges))
+            block[np.arange(edges), a] += sign * slope
+            block[np.arange(edges), b] -= sign * slope
+            block[np.arange(edges), slack + np.arange(edges)] = -1.0
+            rows.append(block)
+            rhs.append(np.full(edges, -intercept))
+    bounds = [(None, None)] * bins + [(None, None)] * (2 * edges)
+    bounds[int(a[0])] = (0.0, 0.0)
+    result = linprog(cost, A_ub=np.vstack(rows), b_ub=np.concatenate(rhs), bounds=bounds, method="highs")
+    if result.status != 0:
+        raise RuntimeError(f"projected link: the linear programme did not solve ({result.message})")
+    return result.x[:bins]
+
+
+def tilt(u: np.ndarray, beta: float, reference: np.ndarray) -> np.ndarray:
+    """pi_{u/beta} over the bins, per prompt: each row of `reference` (a prompt's distribution over the
+    bins; one row if 1-D) times exp(u / beta), normalised."""
+    reference = np.atleast_2d(reference)
+    logits = np.where(reference > 0, np.log(np.where(reference > 0, reference, 1.0)) + u / beta, -np.inf)
+    weights = np.exp(logits - logits.max(1, keepdims=True))
+    return weights / weights.sum(1, keepdims=True)
+
+
+def tilt_kl(u: np.ndarray, beta: float, reference: np.ndarray) -> float:
+    """KL(pi_{u/beta} || pi_ref), averaged over the prompts (rows of `reference`)."""
+    reference = np.atleast_2d(reference)
+    pi = tilt(u, beta, reference)
+    inside = pi > 0
+    return float(np.sum(pi[inside] * np.log(pi[inside] / reference[inside])) / len(reference))
+
+
+def tilt_gold(u: np.ndarray, beta: float, reference: np.ndarray, gold: np.ndarray) -> float:
+    """The gold's mean under pi_{u/beta} (gold per bin), averaged over the prompts."""
+    return float(np.mean(tilt(u, beta, reference) @ gold))
+
+
+def beta_at_kl(u: np.ndarray, kl: float, reference: np.ndarray, low: float = 1e-4, high: float = 1e4) -> float:
+    """The beta at which KL(pi_{u/beta} || pi_ref) = kl (it falls as beta grows); NaN if out of reach."""
+    if not (tilt_kl(u, high, reference) < kl < tilt_kl(u, low, reference)):
+        return np.nan
+    for _ in range(100):  # bisection in log beta: the bracket shrinks to ~1e-28 of its log width
+        middle = np.sqrt(low * high)
+        low, high = (middle, high) if tilt_kl(u, middle, reference) > kl else (low, middle)
+    return float(np.sqrt(low * high))
+
+
+BETA_GRID = np.exp(np.linspace(np.log(1e-3), np.log(1e3), 601))
+
+
+def best_kl(u: np.ndarray, reference: np.ndarray, gold: np.ndarray) -> float:
+    """KL at the beta (on a grid 1e-3..1e3, 2.3% apart) that maximises the gold's mean under pi_{u/beta}."""
+    values = [tilt_gold(u, beta, reference, gold) for beta in BETA_GRID]
+    return tilt_kl(u, BETA_GRID[int(np.argmax(values))], reference)
+
+
+def filled(values) -> np.ndarray:
+    """Per-bin values with the missing (None/NaN) ones interpolated from the neighbours."""
+    values = np.array([np.nan if v is None else v for v in values], dtype=float)
+    known = np.flatnonzero(np.isfinite(values))
+    return np.interp(np.arange(len(values)), known, values[known])
+
+
+def projected_link_ratios(loss_configs: dict, reference: str, features: dict, kl: float | None = None) -> dict:
+    """{family: beta_family / beta_reference} at which the projected-link policies have equal KL, at
+    `kl` (default: the reference family's best KL, predicted from the gold per bin). NaN for a family
+    whose config is not a GPO family or whose KL cannot reach `kl`."""
+    ref_dist = np.atleast_2d(np.asarray(features["reference"], dtype=float))
+    bins = ref_dist.shape[1]
+    losses = {name: build_loss(config) for name, config in loss_configs.items()}
+    if losses.get(reference) is None:
+        return {name: np.nan for name in loss_configs}
+    links = {name: projected_link(loss, features["pairs"], bins) for name, loss in losses.items() if loss is not None}
+    if kl is None:
+        kl = best_kl(links[reference], ref_dist, filled(features["gold"]))
+    beta_ref = beta_at_kl(links[reference], kl, ref_dist)
+    return {name: (beta_at_kl(links[name], kl, ref_dist) / beta_ref if name in links else np.nan)
+            for name in loss_configs}
+
+
+def pooled_label_features(runs: pd.DataFrame) -> dict | None:
+    """The runs' `label_features` (a column, if the run table carries it) pooled: pair histograms
+    each normalised and averaged (every run weighs the same), the reference distribution and gold per
+    bin averaged (per prompt). None without any, or if the runs' bins differ (different proxies: group
+    with `by`)."""
+    if "label_features" not in runs:
+        return None
+    found = [f for f in runs["label_features"] if isinstance(f, dict) and f.get("pairs")]
+    if not found or any(f["centres"] != found[0]["centres"] for f in found):
+        return None
+    totals: dict[tuple[int, int], list[float]] = {}
+    for features in found:
+        count = sum(entry[3] for entry in features["pairs"])
+        for bin_w, bin_l, p, n in features["pairs"]:
+            entry = totals.setdefault((int(bin_w), int(bin_l)), [0.0, 0.0])
+            entry[0] += p * n / count
+            entry[1] += n / count
+    pairs = [[chosen, rejected, s / m, m] for (chosen, rejected), (s, m) in sorted(totals.items())]
+    gold = np.nanmean([filled(f["gold"]) for f in found], axis=0)
+    return {"pairs": pairs, "centres": found[0]["centres"], "gold": gold.tolist(),
+            "reference": np.mean([f["reference"] for f in found], axis=0).tolist()}
