@@ -35,6 +35,8 @@ from gpo.data.gold import bradley_terry
 from gpo.data.sources.synthetic import PreferredCharacters, SyntheticPreferences
 from gpo.errors import InputError
 
+_LABEL_FEATURES: dict[tuple, dict] = {}  # the last task's label features (deterministic; see label_features)
+
 
 class RepeatPenalisedCount(PreferredCharacters):
     """Gold: n - penalty * (pairs of identical characters), n the count of
@@ -160,6 +162,16 @@ class ProxyPreferences(SyntheticPreferences):
         `tilts` per-letter tilts q_s(l|x) proportional to q(l|x) exp(s w_l), s symmetric around 0,
         weighted by pi_ref(y|x) / mean_s q_s(y|x), so that the bins the reference rarely visits get
         samples too (None where none does). Deterministic (seeded by the task and the proxy)."""
+        key = (repr(sorted(vars(self._gold_reward).items())), type(self._gold_reward).__name__, self.alphabet,
+               self.copy_prob, self.prompt_length, self.response_length, self.seed, self.proxy.weights.tobytes(),
+               self.feature_bins, num_prompts, gold_prompts, samples, tilts)
+        if key not in _LABEL_FEATURES:  # a sweep's jobs in one process share the task: computed once (~1 s)
+            _LABEL_FEATURES.clear()
+            _LABEL_FEATURES[key] = self._label_features(num_prompts, gold_prompts, samples, tilts)
+        return _LABEL_FEATURES[key]
+
+    def _label_features(self, num_prompts, gold_prompts, samples, tilts) -> dict:
+        """label_features, uncached."""
         w = self.proxy.weights
         step = max(np.ptp(w), 1e-12) / 1000
         grid = np.round((w - w.min()) / step).astype(int)
