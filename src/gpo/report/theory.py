@@ -124,20 +124,20 @@ def _predictions(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
         families[loss] = (scale.iloc[0] if len(scale) else np.nan, config)
     ref_scale, ref_config = families.get(reference, (np.nan, None))
     t_ref = link(ref_config, p) if ref_config is not None and len(p) else None
+    features = pooled_label_features(runs)
+    projected = (projected_link_ratios({loss: config for loss, (_, config) in families.items()}, reference, features)
+                 if features is not None else {})
     rows = []
     for loss, (scale, config) in families.items():
         t = link(config, p) if config is not None and len(p) else None
         rms, lsq = link_ratios(t, t_ref, w) if t is not None and t_ref is not None else (np.nan, np.nan)
         rows.append({"loss": loss, "regularisation_scale": scale,
                      "taylor_ratio": taylor_ratio(scale, ref_scale), "link_ratio": rms, "link_ratio_lsq": lsq,
-                     "link_rms": float(np.sqrt(np.sum(w * t**2))) if t is not None else np.nan})
+                     "link_rms": float(np.sqrt(np.sum(w * t**2))) if t is not None else np.nan,
+                     "projected_link_ratio": float(projected.get(loss, np.nan))})
     columns = ["loss", "regularisation_scale", "taylor_ratio", "link_ratio", "link_ratio_lsq", "link_rms",
                "projected_link_ratio"]
-    features = pooled_label_features(runs)
-    projected = (projected_link_ratios({loss: config for loss, (_, config) in families.items()}, reference, features)
-                 if features is not None else {})
-    return pd.DataFrame(rows, columns=columns[:-1]).assign(
-        projected_link_ratio=lambda frame: frame["loss"].map(projected).astype(float))
+    return pd.DataFrame(rows, columns=columns)
 
 
 def predictions(runs: pd.DataFrame, reference: str = "ipo", by: str | None = None) -> pd.DataFrame:
@@ -171,8 +171,8 @@ def piecewise_linear_pieces(loss, span: float = 8.0, points: int = 1601, max_pie
 def projected_link(loss, pairs, bins: int) -> np.ndarray:
     """u*_f over `bins` bins of phi from pairs [[bin_w, bin_l, mean p, count], ...] (see the module
     docstring). Bins no pair reaches take the value interpolated between their neighbours (nearest
-    beyond the last). u is defined up to a constant; returned with its reference-free gauge mean 0
-    over the bins the pairs reach."""
+    beyond the last). u is defined up to a constant, which no tilt sees: returned with mean 0 over the
+    bins the pairs reach."""
     pairs = np.asarray(pairs, dtype=float).reshape(-1, 4)
     a, b, p, n = pairs[:, 0].astype(int), pairs[:, 1].astype(int), pairs[:, 2], pairs[:, 3] / pairs[:, 3].sum()
     pieces = piecewise_linear_pieces(loss)
@@ -285,13 +285,14 @@ def projected_link_ratios(loss_configs: dict, reference: str, features: dict, kl
 
 
 def pooled_label_features(runs: pd.DataFrame) -> dict | None:
-    """The runs' `label_features` (a column, if the run table carries it) pooled: pair histograms
-    each normalised and averaged (every run weighs the same), the reference distribution and gold per
-    bin averaged (per prompt). None without any, or if the runs' bins differ (different proxies: group
+    """The runs' `label_features` (a column, if the run table carries it) pooled: the distinct data
+    samples' pair histograms each normalised and averaged, the reference distribution (per prompt) and
+    the gold per bin averaged. None without any, or if the runs' bins differ (different proxies: group
     with `by`)."""
     if "label_features" not in runs:
         return None
-    found = [f for f in runs["label_features"] if isinstance(f, dict) and f.get("pairs")]
+    distinct = {json.dumps(f["pairs"]): f for f in runs["label_features"] if isinstance(f, dict) and f.get("pairs")}
+    found = list(distinct.values())  # each data sample once, however many runs trained on it
     if not found or any(f["centres"] != found[0]["centres"] for f in found):
         return None
     totals: dict[tuple[int, int], list[float]] = {}
