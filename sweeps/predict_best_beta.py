@@ -14,17 +14,22 @@ predicted best beta (where its grid should be centred).
 """
 
 import argparse
+import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # gpo, as src/train.py finds it
+
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 import gpo.config  # noqa: F401  (registers the config resolvers)
-from gpo.models import char_tokenizer
-from gpo.report.theory import (
+from gpo import console  # noqa: E402
+from gpo.models import char_tokenizer  # noqa: E402
+from gpo.report.theory import (  # noqa: E402
     best_kl,
     beta_at_kl,
     filled,
@@ -64,6 +69,7 @@ def main():
     parser.add_argument("--losses", nargs="+", default=FAMILIES)
     parser.add_argument("--reference", default="ipo")
     args = parser.parse_args()
+    console.configure()  # no progress bars or library chatter around the table
     runs = run_rows(args.overrides, args.seeds, args.losses)
     table = predictions(runs, args.reference).set_index("loss")
     features = pooled_label_features(runs)

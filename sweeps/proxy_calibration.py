@@ -15,10 +15,15 @@ training. Prints, per proxy size N, gold vs KL over a beta grid and the peak.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # gpo, as src/train.py finds it
 
-from gpo.data.sources import LetterCountProxy, ProxyPreferences, RepeatPenalisedCount
+
+import numpy as np  # noqa: E402
+
+from gpo.data.sources import LetterCountProxy, ProxyPreferences, RepeatPenalisedCount  # noqa: E402
 
 
 def tilt_curve(source: ProxyPreferences, betas, num_prompts: int = 512, samples: int = 8, seed: int = 0):

@@ -10,8 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # gpo, as src/train.py finds it
+
+
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
