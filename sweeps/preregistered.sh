@@ -4,8 +4,10 @@
 # this sweep ran). Proxy from N = 100 gold-labelled pairs, 10 seeds (each a
 # different sample of the policy's pairs), beta 2^(1/4) apart around each
 # family's predicted best beta (the grid spans every predictor's value):
-#   1. the six GPO families at label temperature 1 (470 runs);
-#   2. the hinge and IPO at label temperatures 2 and 4 (290 runs).
+#   1. the six GPO families at label temperature 1 (710 runs);
+#   2. the hinge and IPO at label temperatures 2 and 4 (450 runs).
+# Each grid: the 2^(1/4) points around the predictions plus two points each
+# side sqrt(2) apart (the amendment in docs/reproduction.md).
 # Trajectory evaluations and the policy export are off (the final metrics do
 # not depend on them; they were ~30% of a run's time). Each part's wall time
 # goes to <dir>/wall_times.txt.
@@ -25,18 +27,18 @@ common=(experiment=proxy_overoptimisation data.source.proxy.num_pairs=100 "seed=
         hydra/launcher=joblib hydra.launcher.n_jobs="${JOBS:-2}" num_threads=1 '~hydra.callbacks.sweep_report')
 
 declare -A main=(
-    [ipo]=0.1051,0.125,0.1487,0.1768,0.2102,0.25,0.2973,0.3536,0.4204,0.5
-    [dpo]=0.3536,0.4204,0.5,0.5946,0.7071,0.8409,1.0
-    [savage]=0.3536,0.4204,0.5,0.5946,0.7071,0.8409,1.0
-    [exponential]=0.1768,0.2102,0.25,0.2973,0.3536,0.4204,0.5
-    [truncated_quadratic]=0.125,0.1487,0.1768,0.2102,0.25,0.2973,0.3536,0.4204,0.5
-    [slic]=0.2973,0.3536,0.4204,0.5,0.5946,0.7071,0.8409
+    [ipo]=0.05255,0.07432,0.1051,0.125,0.1487,0.1768,0.2102,0.25,0.2973,0.3536,0.4204,0.5,0.7071,1
+    [dpo]=0.1768,0.25,0.3536,0.4204,0.5,0.5946,0.7071,0.8409,1,1.414,2
+    [savage]=0.1768,0.25,0.3536,0.4204,0.5,0.5946,0.7071,0.8409,1,1.414,2
+    [exponential]=0.0884,0.125,0.1768,0.2102,0.25,0.2973,0.3536,0.4204,0.5,0.7071,1
+    [truncated_quadratic]=0.0625,0.08839,0.125,0.1487,0.1768,0.2102,0.25,0.2973,0.3536,0.4204,0.5,0.7071,1
+    [slic]=0.1487,0.2102,0.2973,0.3536,0.4204,0.5,0.5946,0.7071,0.8409,1.189,1.682
 )
 declare -A temperature=(
-    [2,ipo]=0.0743,0.0884,0.1051,0.125,0.1487,0.1768,0.2102
-    [2,slic]=0.2102,0.25,0.2973,0.3536,0.4204,0.5,0.5946
-    [4,ipo]=0.0442,0.0526,0.0625,0.0743,0.0884,0.1051
-    [4,slic]=0.1768,0.2102,0.25,0.2973,0.3536,0.4204,0.5,0.5946,0.7071
+    [2,ipo]=0.03715,0.05254,0.0743,0.0884,0.1051,0.125,0.1487,0.1768,0.2102,0.2973,0.4204
+    [2,slic]=0.1051,0.1486,0.2102,0.25,0.2973,0.3536,0.4204,0.5,0.5946,0.8409,1.189
+    [4,ipo]=0.0221,0.03125,0.0442,0.0526,0.0625,0.0743,0.0884,0.1051,0.1486,0.2102
+    [4,slic]=0.0884,0.125,0.1768,0.2102,0.25,0.2973,0.3536,0.4204,0.5,0.5946,0.7071,1,1.414
 )
 if [ "${GRID:-}" = small ]; then  # two betas per family, for the smoke test
     for key in "${!main[@]}"; do main[$key]=$(cut -d, -f4,5 <<< "${main[$key]}"); done
