@@ -2,14 +2,15 @@
 # The capped (designed) over-optimisation testbed (experiment=overoptimisation)
 # under changes that should move the best beta but not, if the theory is
 # right, the ratios between families (docs/reproduction.md, "The capped task
-# under other caps and references"): DPO, IPO and exponential, 8 betas sqrt(2)
-# apart per family, 3 seeds, in four variants:
+# under other caps and references"): DPO, IPO and exponential, 10 betas sqrt(2)
+# apart per family (4.5 octaves: the curve falls well below its peak on both
+# sides in every variant, as the report's estimator needs), 3 seeds, in four variants:
 #   base       cap 6, penalty 2, reference from model seeds 0 (the documented testbed)
 #   cap5       cap 5, penalty 2 (the gold turns down one letter earlier)
 #   penalty1   cap 6, penalty 1 (a gentler fall past the cap)
 #   reference1 cap 6, penalty 2, a second reference: model.policy.seed=1 model.sft.seed=1
 #              (another initialisation and SFT batch order: another SFT model)
-# 288 runs; trajectory evaluations and the policy export off. Wall times: <dir>/wall_times.txt.
+# 360 runs; trajectory evaluations and the policy export off. Wall times: <dir>/wall_times.txt.
 #   bash sweeps/capped_variants.sh
 #   VARIANTS="base cap5" SEEDS=1 bash sweeps/capped_variants.sh trainer.max_steps=10   # smoke test
 set -euo pipefail
@@ -22,9 +23,9 @@ mkdir -p "$dir"
 common=(experiment=overoptimisation "seed=$seeds" callbacks.sample_evaluation.every_n_steps=0 export.policy=false
         hydra/launcher=joblib hydra.launcher.n_jobs="${JOBS:-2}" num_threads=1 '~hydra.callbacks.sweep_report')
 declare -A betas=(
-    [dpo]=0.354,0.5,0.707,1,1.41,2,2.83,4
-    [ipo]=0.0884,0.125,0.177,0.25,0.354,0.5,0.707,1
-    [exponential]=0.177,0.25,0.354,0.5,0.707,1,1.41,2
+    [dpo]=0.25,0.354,0.5,0.707,1,1.41,2,2.83,4,5.66
+    [ipo]=0.0625,0.0884,0.125,0.177,0.25,0.354,0.5,0.707,1,1.41
+    [exponential]=0.125,0.177,0.25,0.354,0.5,0.707,1,1.41,2,2.83
 )
 declare -A settings=(
     [base]=""
