@@ -39,8 +39,11 @@ def test_proxy_fit_is_deterministic_nested_by_seed_and_checks_its_input():
     assert np.array_equal(first, again)
     other = ProxyPreferences(LetterCountProxy(num_pairs=100, seed=1), num_pairs=50).proxy.weights
     assert not np.allclose(first, other)
-    with pytest.raises(InputError, match="num_pairs"):
-        LetterCountProxy(num_pairs=0)
+    for bad in (0, 2.5, "100"):
+        with pytest.raises(InputError, match="num_pairs"):
+            LetterCountProxy(num_pairs=bad)
+    with pytest.raises(InputError, match="ridge"):
+        LetterCountProxy(ridge=0)
     with pytest.raises(InputError, match="label_reward"):
         ProxyPreferences(LetterCountProxy(), label_reward=PreferredCharacters())
     with pytest.raises(RuntimeError, match="fit"):

@@ -62,9 +62,10 @@ class LetterCountProxy:
     response length)."""
 
     def __init__(self, num_pairs: int = 100, seed: int = 0, ridge: float = 1.0, label_temperature: float = 1.0):
-        if num_pairs < 1:
-            raise InputError(f"data.source.proxy.num_pairs must be >= 1, got {num_pairs}")
-        if not ridge > 0 or not label_temperature > 0:
+        if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
+            raise InputError(f"data.source.proxy.num_pairs must be an integer >= 1, got {num_pairs!r}")
+        if not isinstance(ridge, (int, float)) or not isinstance(label_temperature, (int, float)) \
+                or not ridge > 0 or not label_temperature > 0:
             raise InputError(f"data.source.proxy: ridge and label_temperature must be > 0, got {ridge}, "
                              f"{label_temperature}")
         self.num_pairs, self.seed, self.ridge, self.label_temperature = num_pairs, seed, ridge, label_temperature
