@@ -100,12 +100,9 @@ def feature_pairs(split: Dataset) -> list[list]:
     """[[chosen bin, rejected bin, mean preference probability, count], ...] of a split whose
     source records the binned feature its labels see (gpo.data.sources.proxy): what the
     projected-link predictor needs (the pairwise loss is linear in p, so the mean suffices)."""
-    totals: dict[tuple[int, int], list[float]] = {}
-    for a, b, p in zip(split["chosen_feature"], split["rejected_feature"], split["preference_probability"]):
-        entry = totals.setdefault((a, b), [0.0, 0])
-        entry[0] += p
-        entry[1] += 1
-    return [[a, b, round(total / n, 6), n] for (a, b), (total, n) in sorted(totals.items())]
+    frame = split.select_columns(["chosen_feature", "rejected_feature", "preference_probability"]).to_pandas()
+    cells = frame.groupby(["chosen_feature", "rejected_feature"])["preference_probability"].agg(["mean", "size"])
+    return [[int(a), int(b), round(float(p), 6), int(n)] for (a, b), (p, n) in cells.iterrows()]
 
 
 class PreferenceDataModule(pl.LightningDataModule):

@@ -295,14 +295,11 @@ def pooled_label_features(runs: pd.DataFrame) -> dict | None:
     found = list(distinct.values())  # each data sample once, however many runs trained on it
     if not found or any(f["centres"] != found[0]["centres"] for f in found):
         return None
-    totals: dict[tuple[int, int], list[float]] = {}
-    for features in found:
-        count = sum(entry[3] for entry in features["pairs"])
-        for bin_w, bin_l, p, n in features["pairs"]:
-            entry = totals.setdefault((int(bin_w), int(bin_l)), [0.0, 0.0])
-            entry[0] += p * n / count
-            entry[1] += n / count
-    pairs = [[chosen, rejected, s / m, m] for (chosen, rejected), (s, m) in sorted(totals.items())]
+    cells = pd.concat([pd.DataFrame(f["pairs"], columns=["chosen", "rejected", "p", "n"]).assign(
+        weight=lambda frame: frame["n"] / frame["n"].sum()) for f in found])
+    cells["p_weight"] = cells["p"] * cells["weight"]
+    pooled = cells.groupby(["chosen", "rejected"])[["p_weight", "weight"]].sum()
+    pairs = [[int(a), int(b), row.p_weight / row.weight, row.weight] for (a, b), row in pooled.iterrows()]
     gold = np.nanmean([filled(f["gold"]) for f in found], axis=0)
     return {"pairs": pairs, "centres": found[0]["centres"], "gold": gold.tolist(),
             "reference": np.mean([f["reference"] for f in found], axis=0).tolist()}
