@@ -154,7 +154,7 @@ def project_worker(args, variant: str) -> dict:
         "data.num_proc=null", "loss=dpo", f"beta={BETA}", f"optimizer.lr={LR}", f"scheduler.num_warmup_steps={WARMUP}",
         f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}", "+trainer.limit_val_batches=0",
         "logger=csv", "~callbacks.sample_evaluation", "~callbacks.progress_bar", "~callbacks.model_checkpoint",
-        "+trainer.enable_checkpointing=false", "+callbacks.step_times._target_=gpo.evaluation.StepTimes",
+        "+trainer.enable_checkpointing=false",
         f"num_threads={args.threads}", f"cache_dir={args.scratch}/cache", "hydra.run.dir=.",
     ]
     if args.device == "cuda":

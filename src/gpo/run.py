@@ -45,12 +45,13 @@ from gpo.reference import InitialPolicy, NoReference
 from gpo.resume import finished_run, resume_checkpoint, wandb_resume
 from gpo.secrets import redact, redacted_argv
 from gpo.summary import FAILED, RunSummary, SummaryContributor
+from gpo.timing import FitClock, StageClock
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> RunSummary:
-    start = time.perf_counter()
+    start, clock = time.perf_counter(), StageClock()  # clock: summary.time_split (gpo/timing.py)
     check_config(cfg)
     console.configure(cfg.get("verbose", False))
     run_dir = HydraConfig.get().runtime.output_dir
@@ -64,12 +65,14 @@ def train(cfg: DictConfig) -> RunSummary:
 
     build = instantiate(cfg.model.policy, _partial_=True)
     policy, tokenizer = build()
+    clock.lap("setup")
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, shuffle_seed=cfg.seed)
     # The next job of a multirun in this process reuses the prepared data (same configs, same files).
     datamodule.reuse_key = digest(cfg.data, cfg.model.policy, file_stamps(cfg.data))
     datamodule.setup("fit")  # bad data fails here, before any compute
     datamodule.check_trainable()
     datamodule.configure_packing(policy)  # packed batches only if the model keeps packed sequences apart
+    clock.lap("data")
     logprobs = instantiate(cfg.logprobs) if "logprobs" in cfg else LogProbs()
     loss_fn = instantiate(cfg.loss)
     initial = InitialPolicy(build, cfg.model.policy, cfg.model.sft, datamodule, DiskCache(cfg.cache_dir),
@@ -80,19 +83,25 @@ def train(cfg: DictConfig) -> RunSummary:
         raise InputError(f"loss={choice('loss', cfg)} needs reference log-probs; reference=none gives none")
     reference.check(lora=cfg.model.get("lora") is not None)  # before the SFT stage: bad input costs no compute
     stages = {"sft": initial.prepare(policy)}
+    clock.lap("sft")
     policy = with_lora(policy, instantiate(cfg.model.get("lora")))  # after SFT: adapters off = the initial policy
     if cfg.model.get("compile"):
         compile_policy(policy)
     stages["reference"] = reference.setup(policy, datamodule, device_for(cfg.trainer.accelerator))
+    clock.lap("reference")
     beta, beta_scale = scaled_beta(cfg, loss_fn, datamodule)
 
     module = GPOModule(policy, reference, loss_fn, beta, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                        logprobs)
     logger = instantiate(cfg.logger, **wandb_resume(cfg.logger, run_dir))
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=list(instantiate(cfg.callbacks).values()))
+    # FitClock first: its step times end before the other callbacks' batch-end work (a sample evaluation).
+    callbacks = [FitClock(), *instantiate(cfg.callbacks).values()]
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    clock.lap("trainer")
     if hasattr(logger, "log_hyperparams"):  # creates the W&B run, which records the command line: masked too
         with redacted_argv():
             logger.log_hyperparams(redact({**OmegaConf.to_container(cfg, resolve=True), "beta_effective": beta}))
+    clock.lap("logger")
     log.info("Training %s (beta %g) for %s steps; policy %.3g M parameters", choice("loss", cfg), beta,
              cfg.trainer.max_steps, sum(p.numel() for p in policy.parameters()) / 1e6)
     if checkpoint is not None:
@@ -100,6 +109,7 @@ def train(cfg: DictConfig) -> RunSummary:
     # weights_only: a resumed checkpoint is data, never code; the process's own signal handlers back however fit ends.
     with signal_handlers_kept():
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+        clock.lap("fit")
 
     summary = RunSummary(
         **identity(cfg), beta=beta, beta_scale=beta_scale, loss_config=OmegaConf.to_container(cfg.loss, resolve=True),
@@ -117,12 +127,15 @@ def train(cfg: DictConfig) -> RunSummary:
         elif export.get("policy", False):
             exported = export_policy(module.policy, tokenizer, run_dir, export.get("merged", False))
             summary.stages["export"] = asdict(exported)
+    clock.lap("export")
+    if trainer.is_global_zero and isinstance(logger, WandbLogger):
+        logger.experiment.summary.update(summary.metrics)
+    finish_wandb()  # the next job of a multirun in this process starts a fresh W&B run
+    clock.lap("teardown")
+    summary.time_split = clock.split(summary.time_split)  # the callbacks' parts of fit, filled in by contribute
     summary.wall_time_s = time.perf_counter() - start
     if trainer.is_global_zero:
         summary.write(run_dir)
-        if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update(summary.metrics)
-    finish_wandb()  # the next job of a multirun in this process starts a fresh W&B run
     report_outcome(summary.metrics)
     return summary
 

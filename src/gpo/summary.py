@@ -35,6 +35,7 @@ class RunSummary:
     trajectory: list[dict[str, float]] = field(default_factory=list)  # eval/ metrics at "step", through training
     data: dict = field(default_factory=dict)  # per split: pairs kept, truncated, dropped; preference probabilities
     stages: dict = field(default_factory=dict)  # sft / reference: {"status": ..., "seconds": ...}
+    time_split: dict[str, float] = field(default_factory=dict)  # wall seconds by stage (gpo/timing.py)
     resumed_from_step: int | None = None  # the checkpoint's step when the run continued one (gpo.checkpoints)
     wall_time_s: float | None = None
 

@@ -29,27 +29,6 @@ class PairThroughput(ThroughputMonitor):
         )
 
 
-class StepTimes(pl.Callback):
-    """Wall time of every training step, measured end to end (batch end to
-    batch end: data loading, forward, backward, optimizer, logging), and the
-    real and padded tokens of each batch; recorded in the run summary as
-    `stages["training"]` (what benchmarks/training_speed.py reads)."""
-
-    def on_train_start(self, trainer, module):
-        self.start, self.ends, self.tokens, self.slots = time.perf_counter(), [], [], []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.ends.append(time.perf_counter())
-        self.tokens.append(real_tokens(batch))
-        self.slots.append(batch["input_ids"].numel())
-
-    def contribute(self, summary: RunSummary) -> None:
-        if getattr(self, "ends", None):
-            steps = [b - a for a, b in zip([self.start, *self.ends], self.ends)]
-            summary.stages["training"] = {"seconds": self.ends[-1] - self.start, "step_seconds": steps,
-                                          "real_tokens": sum(self.tokens), "batch_tokens": sum(self.slots)}
-
-
 @torch.no_grad()
 def offline_regulariser(module, loader, max_batches: int | None = None) -> float | None:
     """E_data[rho^2] / 2 over the validation pairs (rho: the policy/reference
@@ -97,9 +76,11 @@ class SampleEvaluation(pl.Callback):
         self.regulariser_batches = regulariser_batches
         self.seed = seed
         self.trajectory: list[dict[str, float]] = []
+        self.seconds = 0.0  # in all evaluations of this run (summary.json time_split)
 
     def setup(self, trainer, module, stage):
         self.trajectory = []  # before a checkpoint's state is loaded (load_state_dict)
+        self.seconds = 0.0
 
     def state_dict(self) -> dict:
         return {"trajectory": self.trajectory}
@@ -114,6 +95,7 @@ class SampleEvaluation(pl.Callback):
         if isinstance(trainer.strategy, FSDPStrategy):  # rank-0-only generation with sharded weights would hang
             log.warning("Sample evaluation skipped under FSDP; evaluate the saved checkpoint on one device instead")
             return {}
+        start = time.perf_counter()
         datamodule = trainer.datamodule
         devices = [module.device] if module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -133,7 +115,9 @@ class SampleEvaluation(pl.Callback):
                 columns = list(rows[0])
                 logger.log_table("eval/samples", columns=columns, data=[[row[c] for c in columns] for row in rows])
         self.trajectory.append({"step": trainer.global_step, **metrics})
-        log.info("Sample evaluation at step %d: %s", trainer.global_step,
+        seconds = time.perf_counter() - start
+        self.seconds += seconds
+        log.info("Sample evaluation at step %d (%.1f s): %s", trainer.global_step, seconds,
                  ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in metrics.items() if "stderr" not in k))
         return metrics
 
@@ -155,6 +139,7 @@ class SampleEvaluation(pl.Callback):
             self.evaluate(trainer, module, final=True)
 
     def contribute(self, summary: RunSummary) -> None:
+        summary.time_split["sample_evaluation"] = self.seconds
         if self.trajectory:
             summary.metrics.update({k: v for k, v in self.trajectory[-1].items() if k != "step"})
             summary.trajectory = list(self.trajectory)
