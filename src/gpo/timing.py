@@ -1,8 +1,9 @@
 """Where a run's wall time goes: `time_split` in summary.json, seconds by stage.
 
-    startup            process start to the run (imports, Hydra), or, for a later
-                       job of a multirun in the same process, the previous job's
-                       last stage to this one (Hydra's job set-up)
+    process_start      the process's start to the run (imports, Hydra): the
+                       first run of a process only
+    job_start          a later job of a multirun in the same process: the
+                       previous job's last stage to this one (Hydra's job set-up)
     setup, data, sft, reference, logger, trainer   gpo.run's own stages (laps)
     training_steps     forward, backward and optimizer of every step (`FitClock`)
     validation         Lightning's validation loops (`FitClock`)
@@ -42,8 +43,11 @@ class StageClock:
 
     def __init__(self):
         self._last = time.perf_counter()
-        startup = process_age() if _last_lap is None else self._last - _last_lap
-        self.seconds: dict[str, float] = {} if startup is None else {"startup": startup}
+        if _last_lap is not None:
+            self.seconds = {"job_start": self._last - _last_lap}
+        else:
+            age = process_age()
+            self.seconds = {} if age is None else {"process_start": age}
 
     def lap(self, name: str) -> None:
         global _last_lap
