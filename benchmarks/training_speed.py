@@ -5,12 +5,10 @@ TRL's DPOTrainer and a bare PyTorch loop; same model, data, batch, optimizer.
     python benchmarks/training_speed.py                       # ~25 min on 2 shared CPU cores
     python benchmarks/training_speed.py --repeats 5 --configs project trl bare
 
-What it builds first (under --out, not timed): a random-initialised Llama of
-about 4.2M parameters saved with save_pretrained; a BPE tokenizer trained
-offline (tokenizers) on the benchmark's own text; preference pairs in the
-format of Anthropic's HH-RLHF (chosen/rejected transcripts
-"\\n\\nHuman: ...\\n\\nAssistant: ...", 1-4 turns, lengths drawn log-normal so
-padded batches in file order are about half padding).
+What it builds first (under --out, not timed; benchmarks/shape.py): a
+random-initialised Llama of about 4.2M parameters saved with save_pretrained;
+a BPE tokenizer trained offline on the benchmark's own text; preference pairs
+in the format of Anthropic's HH-RLHF.
 
 Every configuration trains one epoch (all train pairs, batch 8 pairs, DPO,
 beta 0.1, AdamW lr 1e-4, linear schedule with 10 warmup steps, gradient
@@ -31,6 +29,8 @@ Configurations:
   project_compiled  the defaults plus model.compile=true (torch.compile, inductor)
   trl             TRL DPOTrainer, its best configuration: precompute_ref_log_probs=True
   trl_on_the_fly  TRL DPOTrainer with the reference model run on every batch
+  trl_as_user     trl with TRL's defaults for the rest (progress bar, saving, reporting):
+                  benchmarks/default_settings.py runs it
   bare            a bare PyTorch loop doing the project's computation (same batches,
                   packing, chunked log-probs, precomputed reference): the floor
   bare_padded     a bare loop, padded batches in random order, full logits
@@ -39,7 +39,6 @@ Configurations:
 import argparse
 import json
 import os
-import random
 import resource
 import statistics
 import subprocess
@@ -48,82 +47,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from shape import BATCH, BETA, LR, MAX_LENGTH, MAX_PROMPT_LENGTH, WARMUP, build_assets
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["project", "project_padded", "project_compiled", "trl", "trl_on_the_fly", "bare", "bare_padded"]
+CONFIGS = ["project", "project_padded", "project_compiled", "trl", "trl_on_the_fly", "trl_as_user", "bare",
+           "bare_padded"]
 DEFAULT_CONFIGS = ["project", "project_padded", "trl", "bare", "bare_padded"]
-BATCH, MAX_LENGTH, MAX_PROMPT_LENGTH, BETA, LR, WARMUP = 8, 256, 192, 0.1, 1e-4, 10
-SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-
-
-# ---------------------------------------------------------------- assets (untimed)
-
-def transcripts(n: int, seed: int) -> list[dict]:
-    """HH-RLHF-format pairs: shared turns, then two different last Assistant turns."""
-    rng = random.Random(seed)
-    syllables = [a + b for a in "bcdfghklmnprstvz" for b in "aeiou"]
-    words = ["".join(rng.choice(syllables) for _ in range(rng.choice([1, 1, 2, 2, 3]))) for _ in range(3000)]
-    weights = [1 / (rank + 1) for rank in range(len(words))]  # Zipf: a few very common words
-
-    def sentence_run(mean_words: float) -> str:
-        count = max(1, int(rng.lognormvariate(0, 0.8) * mean_words))
-        out, sentence = [], []
-        for word in rng.choices(words, weights, k=count):
-            sentence.append(word)
-            if len(sentence) > rng.randint(4, 14):
-                out.append(" ".join(sentence).capitalize() + rng.choice([".", ".", "?", "!"]))
-                sentence = []
-        if sentence:
-            out.append(" ".join(sentence).capitalize() + ".")
-        return " ".join(out)
-
-    pairs = []
-    for _ in range(n):
-        turns = min(4, 1 + int(rng.expovariate(1.0)))
-        shared = "".join(f"\n\nHuman: {sentence_run(12)}\n\nAssistant: {sentence_run(25)}"
-                         for _ in range(turns - 1)) + f"\n\nHuman: {sentence_run(12)}\n\nAssistant:"
-        pairs.append({"chosen": shared + " " + sentence_run(30), "rejected": shared + " " + sentence_run(30)})
-    return pairs
-
-
-def build_assets(out: Path, pairs: int, seed: int = 0) -> Path:
-    """Data files, tokenizer and model under out/assets (reused if there)."""
-    assets = out / "assets"
-    if (assets / "model" / "config.json").exists():
-        return assets
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    assets.mkdir(parents=True, exist_ok=True)
-    train, validation = transcripts(pairs, seed), transcripts(64, seed + 1)
-    for name, rows in (("train", train), ("validation", validation)):
-        (assets / f"hh_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        # The same pairs split into prompt/chosen/rejected the way the project's HH-RLHF source splits them.
-        split = []
-        for r in rows:
-            cut = r["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:")
-            split.append({"prompt": r["chosen"][:cut], "chosen": r["chosen"][cut:], "rejected": r["rejected"][cut:]})
-        (assets / f"split_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split))
-
-    backend = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator((r[k] for r in train for k in ("chosen", "rejected")),
-                                trainers.BpeTrainer(vocab_size=4000, special_tokens=list(SPECIAL.values()),
-                                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    bos = SPECIAL["bos_token"]
-    backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
-                                                           special_tokens=[(bos, backend.token_to_id(bos))])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=384, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(assets / "model")
-    tokenizer.save_pretrained(assets / "model")
-    return assets
 
 
 # ---------------------------------------------------------------- workers (one process each)
@@ -136,7 +65,26 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def project_worker(args, variant: str) -> dict:
+def project_overrides(assets: Path, model: Path, steps: int, scratch, threads, batch: int = BATCH,
+                      max_length: int = MAX_LENGTH, max_prompt_length: int = MAX_PROMPT_LENGTH,
+                      dtype: str = "float32") -> list[str]:
+    """The project's defaults on the benchmark's data, timing the training steps alone (no sample
+    evaluation, checkpoint or progress bar; CSV logs)."""
+    return [
+        "model=hf", f"model.policy.name_or_path={model}", f"model.policy.dtype={dtype}", "model.sft.steps=0",
+        "data=hh_rlhf", "data.source.path=json",
+        f"+data.source.data_files={{train: {assets / 'hh_train.jsonl'}, test: {assets / 'hh_validation.jsonl'}}}",
+        f"data.max_length={max_length}", f"data.max_prompt_length={max_prompt_length}", f"data.batch_size={batch}",
+        "data.num_proc=null", "loss=dpo", f"beta={BETA}", f"optimizer.lr={LR}", f"scheduler.num_warmup_steps={WARMUP}",
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "+trainer.limit_val_batches=0",
+        "logger=csv", "~callbacks.sample_evaluation", "~callbacks.progress_bar", "~callbacks.model_checkpoint",
+        "+trainer.enable_checkpointing=false",
+        f"num_threads={threads or 'auto'}", f"cache_dir={scratch}/cache", "hydra.run.dir=.",
+    ]
+
+
+def train_in_process(overrides: list[str], output_dir):
+    """gpo.run.train on the composed config, as src/train.py would run it; returns the RunSummary."""
     sys.path.insert(0, str(ROOT / "src"))
     import wandb  # noqa: F401  (before Lightning, as src/train.py)
     from hydra import compose, initialize_config_dir
@@ -145,40 +93,38 @@ def project_worker(args, variant: str) -> dict:
 
     from gpo.run import train
 
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return train(cfg)
+
+
+def project_worker(args, variant: str) -> dict:
     assets = Path(args.assets)
-    overrides = [
-        "model=hf", f"model.policy.name_or_path={assets / 'model'}", "model.policy.dtype=float32", "model.sft.steps=0",
-        "data=hh_rlhf", "data.source.path=json",
-        f"+data.source.data_files={{train: {assets / 'hh_train.jsonl'}, test: {assets / 'hh_validation.jsonl'}}}",
-        f"data.max_length={MAX_LENGTH}", f"data.max_prompt_length={MAX_PROMPT_LENGTH}", f"data.batch_size={BATCH}",
-        "data.num_proc=null", "loss=dpo", f"beta={BETA}", f"optimizer.lr={LR}", f"scheduler.num_warmup_steps={WARMUP}",
-        f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}", "+trainer.limit_val_batches=0",
-        "logger=csv", "~callbacks.sample_evaluation", "~callbacks.progress_bar", "~callbacks.model_checkpoint",
-        "+trainer.enable_checkpointing=false",
-        f"num_threads={args.threads}", f"cache_dir={args.scratch}/cache", "hydra.run.dir=.",
-    ]
+    overrides = project_overrides(assets, assets / "model", args.steps, args.scratch, args.threads)
     if args.device == "cuda":
         overrides += ["trainer.accelerator=gpu", "trainer.precision=32-true"]
     if variant == "project_padded":
         overrides += ["data.packing=false", "data.group_by_length=false", "logprobs.chunk_mb=null"]
     elif variant == "project_compiled":
         overrides += ["model.compile=true"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = args.scratch
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
     start = time.perf_counter()
-    summary = train(cfg)
+    summary = train_in_process(overrides, args.scratch)
     training = summary.stages["training"]
     return {"epoch_s": training["seconds"], "step_s": training["step_seconds"], "real_tokens": training["real_tokens"],
             "batch_tokens": training["batch_tokens"], "reference_s": summary.stages["reference"]["seconds"],
             "run_s": time.perf_counter() - start}
 
 
-def trl_worker(args, precompute: bool) -> dict:
+def trl_worker(args, precompute: bool, as_user: bool = False, batch: int = BATCH, max_length: int = MAX_LENGTH,
+               bf16: bool = False) -> dict:
+    """TRL's DPOTrainer on the benchmark's data; `as_user`: its defaults for
+    everything but the benchmark's shape (progress bar, saving, reporting);
+    `bf16`: weights in bfloat16 and TRL's bf16 mixed precision."""
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -186,7 +132,7 @@ def trl_worker(args, precompute: bool) -> dict:
 
     assets = Path(args.assets)
     tokenizer = AutoTokenizer.from_pretrained(assets / "model")
-    model = AutoModelForCausalLM.from_pretrained(assets / "model", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(assets / "model", dtype=torch.bfloat16 if bf16 else torch.float32)
     dataset = load_dataset("json", data_files=str(assets / "split_train.jsonl"), split="train")
 
     class Timer(TrainerCallback):
@@ -197,12 +143,14 @@ def trl_worker(args, precompute: bool) -> dict:
             self.ends.append(time.perf_counter())
 
     timer = Timer()
+    quiet = {} if as_user else dict(save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
+                                    dataloader_num_workers=0)
     config = DPOConfig(
-        output_dir=args.scratch, per_device_train_batch_size=BATCH, max_steps=args.steps, learning_rate=LR,
+        output_dir=args.scratch, per_device_train_batch_size=batch, max_steps=args.steps, learning_rate=LR,
         lr_scheduler_type="linear", warmup_steps=WARMUP, weight_decay=0.0, max_grad_norm=1.0, beta=BETA,
-        loss_type=["sigmoid"], max_length=MAX_LENGTH, precompute_ref_log_probs=precompute,
-        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=args.device == "cpu", logging_steps=10,
-        save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, seed=0, dataloader_num_workers=0,
+        loss_type=["sigmoid"], max_length=max_length, precompute_ref_log_probs=precompute,
+        gradient_checkpointing=False, bf16=bf16, fp16=False, use_cpu=args.device == "cpu", logging_steps=10,
+        seed=0, **quiet,
     )
     reference_s = []
     original = DPOTrainer._precompute_ref_logps
@@ -216,20 +164,20 @@ def trl_worker(args, precompute: bool) -> dict:
 
     DPOTrainer._precompute_ref_logps = timed
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
-    counts = {"real": 0, "slots": 0}
+    counts = {"real": [], "slots": 0}
     collate = trainer.data_collator
 
     def counting(examples):
         batch = collate(examples)
-        counts["real"] += int(batch["attention_mask"].sum())
+        counts["real"].append(int(batch["attention_mask"].sum()))
         counts["slots"] += batch["input_ids"].numel()
         return batch
 
     trainer.data_collator = counting
     trainer.train()
     steps = [b - a for a, b in zip([timer.start, *timer.ends], timer.ends)]
-    return {"epoch_s": timer.ends[-1] - timer.start, "step_s": steps, "real_tokens": counts["real"],
-            "batch_tokens": counts["slots"], "reference_s": sum(reference_s)}
+    return {"epoch_s": timer.ends[-1] - timer.start, "step_s": steps, "real_tokens": sum(counts["real"]),
+            "step_real_tokens": counts["real"], "batch_tokens": counts["slots"], "reference_s": sum(reference_s)}
 
 
 def bare_worker(args, padded: bool) -> dict:
@@ -301,11 +249,12 @@ def bare_worker(args, padded: bool) -> dict:
 def worker(args) -> None:
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads:  # 0: torch's default, one per core
+        torch.set_num_threads(args.threads)
     if args.config.startswith("project"):
         result = project_worker(args, args.config)
     elif args.config.startswith("trl"):
-        result = trl_worker(args, precompute=args.config == "trl")
+        result = trl_worker(args, precompute=args.config != "trl_on_the_fly", as_user=args.config == "trl_as_user")
     else:
         result = bare_worker(args, padded=args.config == "bare_padded")
     result["peak_memory_mb"] = peak_memory_mb(args.device)
@@ -322,6 +271,8 @@ def run_one(config: str, args, steps: int) -> dict:
                    "--result", str(result)]
         env = {**os.environ, "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false",
                "OMP_NUM_THREADS": str(args.threads), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+        if not args.threads:
+            del env["OMP_NUM_THREADS"]
         done = subprocess.run(command, cwd=scratch, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             sys.exit(f"{config} failed:\n{done.stderr[-4000:]}")
@@ -333,7 +284,8 @@ def main(argv=None) -> None:
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=CONFIGS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=512, help="training pairs (one epoch = pairs / 8 steps)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: steadiest on a shared CPU)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (1: steadiest on a shared CPU; 0: each tool's default)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / "training_speed")
     parser.add_argument("--worker", choices=CONFIGS, dest="config", help=argparse.SUPPRESS)

@@ -104,6 +104,8 @@ def test_jobs_in_one_process_reuse_prepared_data_unless_config_or_file_changes(t
     assert second.report == first.report and second.demonstrations() is demonstrations
     _, reused = prepare("data.max_length=600")
     assert not reused
+    _, reused = prepare("beta=0.1")  # jobs that alternate between data configs (a sweep's seeds) keep both
+    assert reused
     path.write_text(path.read_text() + "\n" + json.dumps({"prompt": "new:", "chosen": "a", "rejected": "b"}))
     third, reused = prepare("data.max_length=600")  # the file changed: read again
     assert not reused and third.report["train"]["read"] == 41

@@ -102,4 +102,5 @@ class FitClock(pl.Callback):
         if self.ends:
             steps = [b - a for a, b in zip([self.start, *self.ends], self.ends)]
             summary.stages["training"] = {"seconds": self.ends[-1] - self.start, "step_seconds": steps,
-                                          "real_tokens": sum(self.tokens), "batch_tokens": sum(self.slots)}
+                                          "step_real_tokens": self.tokens, "real_tokens": sum(self.tokens),
+                                          "batch_tokens": sum(self.slots)}

@@ -18,7 +18,7 @@ format that cannot be split) are dropped and counted by reason, or, with
 import copy
 import logging
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import pytorch_lightning as pl
 import torch
@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 # that runs in one process (sequential, or a joblib worker's successive jobs)
 # mostly differ in loss and beta, not in data, and preparing it is most of a
 # short job's set-up (generating, checking, tokenizing thousands of pairs).
-_PREPARED: dict[str, dict] = {}
+# A few entries, least recently used dropped first: a sweep's seeds redraw the
+# pairs, and its jobs cycle through them (seed varies fastest in Hydra's grid).
+_PREPARED: OrderedDict[str, dict] = OrderedDict()
+PREPARED_ENTRIES = 4
 
 
 def file_stamps(node) -> list:
@@ -165,6 +168,7 @@ class PreferenceDataModule(pl.LightningDataModule):
             return
         prepared = _PREPARED.get(self.reuse_key) if self.reuse_key else None
         if prepared is not None:
+            _PREPARED.move_to_end(self.reuse_key)
             self.text, self.tokenized = dict(prepared["text"]), dict(prepared["tokenized"])
             self.report, self._demonstrations = copy.deepcopy(prepared["report"]), prepared["demonstrations"]
             log.info("Data: %s: %d train / %d validation pairs (prepared by an earlier job of this process)",
@@ -172,7 +176,8 @@ class PreferenceDataModule(pl.LightningDataModule):
             return
         self._prepare()
         if self.reuse_key:
-            _PREPARED.clear()  # one entry: a sweep over data configs keeps no stale copies
+            while len(_PREPARED) >= PREPARED_ENTRIES:
+                _PREPARED.popitem(last=False)
             _PREPARED[self.reuse_key] = {"text": dict(self.text), "tokenized": dict(self.tokenized),
                                          "report": copy.deepcopy(self.report), "demonstrations": None}
 

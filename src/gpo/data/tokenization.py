@@ -124,14 +124,12 @@ def tokenize_split(split: Dataset, tokenizer, max_length: int, max_prompt_length
 def pad_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_token_id: int) -> dict:
     """Right-pad to the longest sequence; response_mask marks the response tokens."""
     width = max(map(len, sequences))
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    response_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
-    for i, (sequence, prompt_length) in enumerate(zip(sequences, prompt_lengths)):
-        input_ids[i, : len(sequence)] = torch.tensor(sequence)
-        attention_mask[i, : len(sequence)] = 1
-        response_mask[i, prompt_length : len(sequence)] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+    input_ids = torch.tensor([sequence + [pad_token_id] * (width - len(sequence)) for sequence in sequences],
+                             dtype=torch.long)  # one tensor from lists: a tensor per row costs more than the rest
+    positions = torch.arange(width)
+    real = positions < torch.tensor([len(sequence) for sequence in sequences])[:, None]
+    response_mask = real & (positions >= torch.tensor(prompt_lengths)[:, None])
+    return {"input_ids": input_ids, "attention_mask": real.long(), "response_mask": response_mask}
 
 
 def pack_width(lengths: list[int], row_length: int | None) -> int:

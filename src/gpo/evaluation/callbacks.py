@@ -11,7 +11,8 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.strategies import FSDPStrategy
 
 from gpo.data.tokenization import real_tokens
-from gpo.evaluation.sampling import evaluate_samples
+from gpo.evaluation.reference_samples import reference_samples
+from gpo.evaluation.sampling import evaluate_samples, prompt_token_ids
 from gpo.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,11 @@ class SampleEvaluation(pl.Callback):
     at the end of training, and, with `every_n_steps`, also at step 0 and every
     n steps, so one run draws its own gold-vs-KL path (Gao et al. 2023).
 
-    Sampling runs in a forked RNG seeded by (seed, step), so evaluating more
-    often does not change training, and an evaluation at a step draws the same
-    samples whether or not the run was resumed before it. Every evaluation
+    Sampling runs in a forked RNG: the policy's seeded by (seed, step), so
+    evaluating more often does not change training, and an evaluation at a
+    step draws the same samples whether or not the run was resumed before it;
+    the reference's seeded by seed alone, drawn once per set of prompts and
+    kept in the disk cache (gpo/evaluation/reference_samples.py). Every evaluation
     goes to the loggers (at its step) and to the run summary: the last as
     metrics, all of them as `trajectory` (kept in checkpoints)."""
 
@@ -77,6 +80,7 @@ class SampleEvaluation(pl.Callback):
         self.seed = seed
         self.trajectory: list[dict[str, float]] = []
         self.seconds = 0.0  # in all evaluations of this run (summary.json time_split)
+        self._prompts: dict[int, tuple] = {}  # number of prompts -> (prompts, their ids, reference samples)
 
     def setup(self, trainer, module, stage):
         self.trajectory = []  # before a checkpoint's state is loaded (load_state_dict)
@@ -91,20 +95,31 @@ class SampleEvaluation(pl.Callback):
     def _evaluated_at(self, step: int) -> bool:
         return bool(self.trajectory) and self.trajectory[-1]["step"] == step
 
+    def prompts(self, datamodule, module, n: int) -> tuple[list[str], list[list[int]], list[list[int]]]:
+        """The first n evaluation prompts, their token ids and the reference's samples (made once per run)."""
+        if n not in self._prompts:
+            tokenizer = datamodule.tokenizer
+            prompts = datamodule.evaluation_prompts(n)
+            ids = prompt_token_ids(tokenizer, prompts, datamodule.max_prompt_length)
+            samples = reference_samples(module.reference, ids, self.max_new_tokens, tokenizer.pad_token_id,
+                                        tokenizer.eos_token_id, self.batch_size, self.seed, module.device)
+            self._prompts[n] = prompts, ids, samples
+        return self._prompts[n]
+
     def evaluate(self, trainer: pl.Trainer, module, final: bool = False) -> dict[str, float]:
         if isinstance(trainer.strategy, FSDPStrategy):  # rank-0-only generation with sharded weights would hang
             log.warning("Sample evaluation skipped under FSDP; evaluate the saved checkpoint on one device instead")
             return {}
         start = time.perf_counter()
         datamodule = trainer.datamodule
+        prompts, prompt_ids, theirs = self.prompts(datamodule, module,
+                                                   self.num_prompts if final else self.trajectory_prompts)
         devices = [module.device] if module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed * 1_000_003 + trainer.global_step)
             metrics, rows = evaluate_samples(
-                module.policy, module.reference, datamodule.tokenizer,
-                datamodule.evaluation_prompts(self.num_prompts if final else self.trajectory_prompts),
-                max_prompt_length=datamodule.max_prompt_length, max_new_tokens=self.max_new_tokens,
-                gold_reward=datamodule.gold_reward, batch_size=self.batch_size,
+                module.policy, module.reference, datamodule.tokenizer, prompts, prompt_ids, theirs,
+                max_new_tokens=self.max_new_tokens, gold_reward=datamodule.gold_reward, batch_size=self.batch_size,
             )
         regulariser = offline_regulariser(module, datamodule.val_dataloader(), self.regulariser_batches)
         if regulariser is not None:
