@@ -83,6 +83,23 @@ def test_batched_sampling_and_log_probs():
                                one_by_one, rtol=1e-5, atol=1e-5)
 
 
+def test_the_policy_log_probs_come_from_the_logits_its_samples_were_drawn_from(monkeypatch):
+    reference = TinyReference("unused")
+    tokenizer, model = reference.tokenizer, reference.lm
+    ids = prompt_token_ids(tokenizer, ["ab:", "abcdefgh:", "x:", "hello:"] * 6, max_prompt_length=16)  # left padding
+    special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    responses, logps = sample(model, ids, 12, batch_size=8, with_logps=True, **special)
+    torch.manual_seed(0)
+    assert sample(model, ids, 12, batch_size=8, **special) == responses  # keeping the logits draws the same samples
+    assert any(len(r) < 12 for r in responses)  # some ended at EOS: the tokens after it do not count
+    torch.testing.assert_close(logps, response_logps(model, ids, responses, tokenizer.pad_token_id),
+                               rtol=1e-5, atol=1e-4)  # a forward pass gives the same, to float rounding
+    monkeypatch.setattr("gpo.evaluation.sampling.LOGITS_BUDGET_MB", 0)  # logits too large to keep
+    torch.manual_seed(0)
+    assert sample(model, ids, 12, batch_size=8, with_logps=True, **special) == (responses, None)
+
+
 @pytest.fixture
 def cache_dir(tmp_path, shared_cache):
     """A fresh cache sharing the session's SFT weights."""

@@ -3,7 +3,10 @@
 KL is estimated from policy samples y ~ pi(.|x) as the mean of
 log pi(y|x) - log pi_ref(y|x) (unbiased), with its standard error. Sampling is
 plain ancestral sampling (temperature 1, no top-k/top-p) so the samples come
-from pi itself, which the estimator requires. The reference's own samples
+from pi itself, which the estimator requires; log pi(y|x) is summed from the
+logits the samples were drawn from (no second forward pass) where those fit
+LOGITS_BUDGET_MB, and log pi_ref(y|x) takes one reference forward pass. The
+reference's own samples
 (the other side of the win rate) are drawn by the caller, who may keep them:
 they depend on the initial policy, the prompts and a seed, not on training."""
 
@@ -14,6 +17,8 @@ import torch
 from gpo.data.gold import gold_scores
 from gpo.data.tokenization import encode_prompts, pad_sequences
 from gpo.logprobs import sequence_logps
+
+LOGITS_BUDGET_MB = 256  # float32 logits of one generate call kept for the policy's log-probs; more: a forward pass
 
 
 def mean_and_stderr(values: list[float]) -> tuple[float, float]:
@@ -28,14 +33,23 @@ def prompt_token_ids(tokenizer, prompts: list[str], max_prompt_length: int) -> l
     return [ids[-max_prompt_length:] for ids in encode_prompts(tokenizer, prompts)]
 
 
+def vocabulary_size(model) -> int:
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
+
+
 @torch.no_grad()
 def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, pad_token_id: int, eos_token_id: int,
-           batch_size: int | None = None) -> list[list[int]]:
+           batch_size: int | None = None, with_logps: bool = False):
     """One sampled response per prompt (token ids, ending at EOS if produced),
-    `batch_size` prompts per generate call, from the current RNG state."""
+    `batch_size` prompts per generate call, from the current RNG state.
+    `with_logps`: returns (responses, log model(response | prompt) of each,
+    from the generation's own logits), or (responses, None) when the logits
+    of a call would exceed LOGITS_BUDGET_MB."""
     batch_size = batch_size or len(prompt_ids)
     device = next(model.parameters()).device
-    responses = []
+    keep = with_logps and batch_size * max_new_tokens * vocabulary_size(model) * 4 <= LOGITS_BUDGET_MB * 2**20
+    responses, logps = [], []
     for start in range(0, len(prompt_ids), batch_size):
         batch = prompt_ids[start : start + batch_size]
         width = max(map(len, batch))
@@ -46,10 +60,18 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, pad_token_id
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
             do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
             max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+            output_logits=keep, return_dict_in_generate=keep,
         )
-        for row in output[:, width:].tolist():
+        new = (output.sequences if keep else output)[:, width:]
+        for row in new.tolist():
             responses.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
-    return responses
+        if keep:  # the raw logits (float32) each token was drawn from; nothing after a row's first EOS counts
+            token_logps = torch.stack(output.logits, 1).log_softmax(-1).gather(-1, new[..., None]).squeeze(-1)
+            eos = new == eos_token_id
+            logps.append(token_logps.masked_fill(eos.cumsum(1) - eos.long() > 0, 0.0).sum(1).cpu())
+    if not with_logps:
+        return responses
+    return responses, torch.cat(logps) if keep else None
 
 
 @torch.no_grad()
@@ -80,8 +102,10 @@ def evaluate_samples(policy, reference, tokenizer, prompts: list[str], prompt_id
     was_training = policy.training
     policy.eval()
     try:
-        policy_samples = sample(policy, prompt_ids, max_new_tokens, batch_size=batch_size, **special)
-        policy_logps = response_logps(policy, prompt_ids, policy_samples, tokenizer.pad_token_id, batch_size)
+        policy_samples, policy_logps = sample(policy, prompt_ids, max_new_tokens, batch_size=batch_size,
+                                              with_logps=True, **special)
+        if policy_logps is None:  # logits too large to keep: a forward pass
+            policy_logps = response_logps(policy, prompt_ids, policy_samples, tokenizer.pad_token_id, batch_size)
         with reference.model(device) as reference_lm:  # the policy may not be usable as itself inside this block
             reference_logps = response_logps(reference_lm, prompt_ids, policy_samples, tokenizer.pad_token_id,
                                              batch_size)
