@@ -111,7 +111,8 @@ def report(results: dict, args, one_off: dict) -> str:
     split, extrapolated = {}, {}
     for version, rs in results.items():
         every = [run for r in rs for run in r["runs"]]
-        split[version] = {stage: med(run.get(stage, 0.0) for run in every) for stage in STAGES}
+        # each stage's median over the runs that have it (process_start: a worker's first run only)
+        split[version] = {stage: med([run[stage] for run in every if stage in run] or [0.0]) for stage in STAGES}
         per_run = med(run["total"] - run.get("process_start", 0.0) for run in every)
         steps = med(run["training_steps"] for run in every)
         starts = [run["process_start"] for run in every if "process_start" in run]
@@ -127,7 +128,8 @@ def report(results: dict, args, one_off: dict) -> str:
               f"{extrapolated['before'] / extrapolated['after']:.2f}x ({FULL_SWEEP_RUNS} runs, plus the reports). "
               f"Untimed warm-up (cache fill, one run per seed): before {one_off['before']:.0f} s, "
               f"after {one_off['after']:.0f} s.", "",
-              "Per-run time split (s, medians over every run of every repeat):", "",
+              "Per-run time split (s; medians over every run of every repeat that has the stage: process_start "
+              "is a worker process's first run only, job_start every later one):", "",
               "| stage | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for stage in STAGES:
         lines.append(f"| {stage} | " + " | ".join(f"{split[v][stage]:.2f}" for v in results) + " |")

@@ -75,8 +75,8 @@ def test_batched_sampling_and_log_probs():
     ids = prompt_token_ids(tokenizer, ["ab:", "abcdefgh:", "x:"], max_prompt_length=4)
     assert ids[1] == tokenizer("abcdefgh:")["input_ids"][-4:]  # the prompt's end is kept
     torch.manual_seed(0)
-    responses = sample(model, ids, 5, tokenizer.pad_token_id, tokenizer.eos_token_id, batch_size=2)
-    assert len(responses) == 3 and all(0 < len(r) <= 5 for r in responses)
+    responses, none = sample(model, ids, 5, tokenizer.pad_token_id, tokenizer.eos_token_id, batch_size=2)
+    assert none is None and len(responses) == 3 and all(0 < len(r) <= 5 for r in responses)
     assert all(tokenizer.eos_token_id not in r[:-1] for r in responses)  # nothing after EOS
     one_by_one = torch.cat([response_logps(model, [p], [r], tokenizer.pad_token_id) for p, r in zip(ids, responses)])
     torch.testing.assert_close(response_logps(model, ids, responses, tokenizer.pad_token_id, batch_size=2),
@@ -91,7 +91,7 @@ def test_the_policy_log_probs_come_from_the_logits_its_samples_were_drawn_from(m
     torch.manual_seed(0)
     responses, logps = sample(model, ids, 12, batch_size=8, with_logps=True, **special)
     torch.manual_seed(0)
-    assert sample(model, ids, 12, batch_size=8, **special) == responses  # keeping the logits draws the same samples
+    assert sample(model, ids, 12, batch_size=8, **special) == (responses, None)  # the same samples without logits
     assert any(len(r) < 12 for r in responses)  # some ended at EOS: the tokens after it do not count
     torch.testing.assert_close(logps, response_logps(model, ids, responses, tokenizer.pad_token_id),
                                rtol=1e-5, atol=1e-4)  # a forward pass gives the same, to float rounding

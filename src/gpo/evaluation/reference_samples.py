@@ -41,7 +41,7 @@ def reference_samples(reference, prompt_ids: list[list[int]], max_new_tokens: in
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), reference.model(device) as model:
             torch.manual_seed(stream_seed(seed))
-            return sample(model, prompt_ids, **settings)
+            return sample(model, prompt_ids, **settings)[0]
 
     def write(directory):
         (directory / "samples.json").write_text(json.dumps(draw()))

@@ -6,9 +6,9 @@ plain ancestral sampling (temperature 1, no top-k/top-p) so the samples come
 from pi itself, which the estimator requires; log pi(y|x) is summed from the
 logits the samples were drawn from (no second forward pass) where those fit
 LOGITS_BUDGET_MB, and log pi_ref(y|x) takes one reference forward pass. The
-reference's own samples
-(the other side of the win rate) are drawn by the caller, who may keep them:
-they depend on the initial policy, the prompts and a seed, not on training."""
+reference's own samples (the other side of the win rate) are drawn by the
+caller, who may keep them: they depend on the initial policy, the prompts and
+a seed, not on training."""
 
 import math
 
@@ -41,11 +41,11 @@ def vocabulary_size(model) -> int:
 @torch.no_grad()
 def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, pad_token_id: int, eos_token_id: int,
            batch_size: int | None = None, with_logps: bool = False):
-    """One sampled response per prompt (token ids, ending at EOS if produced),
-    `batch_size` prompts per generate call, from the current RNG state.
-    `with_logps`: returns (responses, log model(response | prompt) of each,
-    from the generation's own logits), or (responses, None) when the logits
-    of a call would exceed LOGITS_BUDGET_MB."""
+    """(responses, log-probs): one sampled response per prompt (token ids,
+    ending at EOS if produced), `batch_size` prompts per generate call, from
+    the current RNG state; with `with_logps`, log model(response | prompt) of
+    each from the generation's own logits, else (or when the logits of a call
+    would exceed LOGITS_BUDGET_MB) None."""
     batch_size = batch_size or len(prompt_ids)
     device = next(model.parameters()).device
     keep = with_logps and batch_size * max_new_tokens * vocabulary_size(model) * 4 <= LOGITS_BUDGET_MB * 2**20
@@ -69,8 +69,6 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, pad_token_id
             token_logps = torch.stack(output.logits, 1).log_softmax(-1).gather(-1, new[..., None]).squeeze(-1)
             eos = new == eos_token_id
             logps.append(token_logps.masked_fill(eos.cumsum(1) - eos.long() > 0, 0.0).sum(1).cpu())
-    if not with_logps:
-        return responses
     return responses, torch.cat(logps) if keep else None
 
 
