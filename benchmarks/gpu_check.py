@@ -106,6 +106,7 @@ def stage_project(args, s, attention: str) -> dict:
     summary = train_in_process(project_overrides(args, s, attention), args.out / "scratch" / attention)
     training = summary.stages["training"]
     return {**after_warmup(training["step_seconds"], training["step_real_tokens"], s.warmup),
+            "real_share": training["real_tokens"] / training["batch_tokens"],
             "reference_s": summary.stages["reference"]["seconds"], "peak_gib": peak_memory_gib(args.device)}
 
 
@@ -118,6 +119,7 @@ def stage_trl(args, s) -> dict:
     result = trl_worker(worker_args, precompute=True, batch=s.batch, max_length=s.max_length,
                         bf16=s.dtype == "bfloat16")
     return {**after_warmup(result["step_s"], result["step_real_tokens"], s.warmup),
+            "real_share": result["real_tokens"] / result["batch_tokens"],
             "reference_s": result["reference_s"], "peak_gib": peak_memory_gib(args.device)}
 
 
@@ -182,8 +184,8 @@ def table(info: dict, results: dict, args, s, started: float) -> str:
              f"{parameters / 1e6 if parameters else float('nan'):.1f}M parameters, {s.dtype}; {s.batch} pairs a step, "
              f"max_length {s.max_length}; steps {s.warmup + 1}-{s.steps} timed; "
              f"{time.perf_counter() - started:.0f} s of a {args.budget_s:.0f} s budget", "",
-             "| stage | status | real tokens/s | vs TRL | MFU | median step (s) | peak memory (GiB) | "
-             "reference log-probs (s) |", "|---|---|---|---|---|---|---|---|"]
+             "| stage | status | real tokens/s | vs TRL | MFU | median step (s) | real tokens in batches | "
+             "peak memory (GiB) | reference log-probs (s) |", "|---|---|---|---|---|---|---|---|---|"]
     trl = results.get("trl", {}).get("tokens_s")
     for name in STAGES:
         r = results.get(name, {})
@@ -196,7 +198,8 @@ def table(info: dict, results: dict, args, s, started: float) -> str:
         if name == "assets" and "seconds" in r:
             status += f" ({r['seconds']:.0f} s)"
         cells = [f"{rate:.0f}" if rate else "-", f"{rate / trl:.2f}x" if rate and trl else "-", mfu,
-                 f"{r['step_s']:.3f}" if "step_s" in r else "-", f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-",
+                 f"{r['step_s']:.3f}" if "step_s" in r else "-", f"{r['real_share']:.0%}" if "real_share" in r else "-",
+                 f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-",
                  f"{r['reference_s']:.1f}" if "reference_s" in r else "-"]
         lines.append(f"| {name} | {status} | " + " | ".join(cells) + " |")
     if not peak:

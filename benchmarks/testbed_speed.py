@@ -57,6 +57,11 @@ def sweep(cwd: Path, args, sweep_dir: Path, cache: Path, grid: list[str]) -> flo
     return time.perf_counter() - start
 
 
+def run_name(summary: dict) -> str:
+    """A run's overrides without the version's own cache directory: the same run in both versions."""
+    return " ".join(o for o in summary["overrides"] if not o.startswith("cache_dir="))
+
+
 def runs(sweep_dir: Path) -> list[dict]:
     summaries = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/summary.json"))]
     if not all(s["status"] == "finished" for s in summaries):
@@ -90,12 +95,14 @@ def main(argv=None) -> None:
             wall = sweep(cwd, args, sweep_dir, out / f"cache_{version}", grid)
             load = os.getloadavg()
             results[version].append({"wall_s": wall, "load": load, "runs": [s.get("time_split", {})
-                                                                             for s in runs(sweep_dir)]})
+                                                                             for s in runs(sweep_dir)],
+                                     "metrics": {run_name(s): s["metrics"] for s in runs(sweep_dir)}})
             print(f"[{repeat + 1}/{args.repeats}] {version}: {wall:.1f} s for {len(results[version][-1]['runs'])} "
                   f"runs (load {load[0]:.2f})", flush=True)
     (out / "results.json").write_text(json.dumps({"args": vars(args) | {"before": str(args.before), "out": str(out)},
                                                   "one_off_s": one_off, "results": results}, indent=1, default=str))
     print(report(results, args, one_off))
+    print(agreement(results))
 
 
 def report(results: dict, args, one_off: dict) -> str:
@@ -133,6 +140,26 @@ def report(results: dict, args, one_off: dict) -> str:
               "| stage | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for stage in STAGES:
         lines.append(f"| {stage} | " + " | ".join(f"{split[v][stage]:.2f}" for v in results) + " |")
+    return "\n".join(lines)
+
+
+def agreement(results: dict) -> str:
+    """The same runs before and after: training numbers (train/, val/) equal to the last digit; the
+    sample evaluation's, drawn from other RNG streams, different by sampling noise: z = difference /
+    its standard error, about N(0, 1) if the two agree."""
+    before, after = results["before"][0]["metrics"], results["after"][0]["metrics"]  # repeats: the same numbers
+    pairs = [(before[run], after[run]) for run in before]
+    trained = [k for b, _ in pairs for k in b if k.startswith(("train/", "val/")) and "device/" not in k]
+    same = sum(b[k] == a[k] for b, a in pairs for k in b if k in trained)
+    lines = ["", f"Training numbers (train/, val/) identical before and after: {same} of {len(trained)}", "",
+             "| metric | mean before | mean after | z = difference / standard error: mean [min, max] |",
+             "|---|---|---|---|"]
+    for metric in ("eval/win_rate", "eval/gold_reward", "eval/kl"):
+        z = [(a[metric] - b[metric]) / (a[f"{metric}_stderr"] ** 2 + b[f"{metric}_stderr"] ** 2) ** 0.5
+             for b, a in pairs]
+        lines.append(f"| {metric} | {statistics.mean(b[metric] for b, _ in pairs):.4f} | "
+                     f"{statistics.mean(a[metric] for _, a in pairs):.4f} | "
+                     f"{statistics.mean(z):+.2f} [{min(z):+.2f}, {max(z):+.2f}] ({len(z)} runs) |")
     return "\n".join(lines)
 
 
