@@ -14,11 +14,16 @@ fp32, DPO beta 0.1, AdamW lr 1e-4 with 10 warm-up steps, one epoch (64 steps).
                     progress bar, checkpoint, sample evaluation and export at the
                     end, the reference's log-probs computed before training
   project_1thread   the same with num_threads=1
+  project_spin      the project before OMP_WAIT_POLICY=PASSIVE became its default
+                    (src/train.py): idle threads spin first (GOMP_SPINCOUNT=300000,
+                    OpenMP's own default), as in every other tool
   trl               TRL's DPOTrainer in a script, its documented best settings
                     (precompute_ref_log_probs=True, gradient_checkpointing=False),
                     its defaults otherwise (torch's threads: one per core, its
                     progress bar, no reporting integration installed)
   trl_1thread       the same with torch.set_num_threads(1)
+  trl_passive       trl with OMP_WAIT_POLICY=PASSIVE (not TRL's default: what the
+                    project's default would do for it)
 
 Measured per run, in a fresh process, configurations interleaved within each
 repeat (medians over repeats): the training steps after --warmup steps (time
@@ -27,7 +32,8 @@ the per-step work of callbacks and progress bars), as pairs/s and real
 (non-padding) tokens/s, and the whole command's wall time (start-up, data,
 reference log-probs, training, and for the project the end-of-run sample
 evaluation and export). OMP_NUM_THREADS is removed from the environment, as on
-a machine where nobody set it.
+a machine where nobody set it (and OMP_WAIT_POLICY, GOMP_SPINCOUNT, but where a
+configuration sets them).
 """
 
 import argparse
@@ -43,7 +49,9 @@ from pathlib import Path
 import shape
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["project", "project_1thread", "trl", "trl_1thread"]
+CONFIGS = ["project", "project_1thread", "project_spin", "trl", "trl_1thread", "trl_passive"]
+DEFAULT_CONFIGS = ["project", "project_spin", "trl", "project_1thread", "trl_1thread"]
+ENVIRONMENT = {"project_spin": {"GOMP_SPINCOUNT": "300000"}, "trl_passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
 def project_command(assets: Path, scratch: Path, steps: int, one_thread: bool) -> list[str]:
@@ -67,8 +75,8 @@ def run_one(config: str, assets: Path, out: Path, steps: int) -> dict:
     with tempfile.TemporaryDirectory(dir=out) as scratch:
         scratch = Path(scratch)
         build = project_command if config.startswith("project") else trl_command
-        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-        env.update(WANDB_SILENT="true", PYTHONPATH=str(ROOT / "src"))
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        env.update(WANDB_SILENT="true", PYTHONPATH=str(ROOT / "src"), **ENVIRONMENT.get(config, {}))
         start = time.perf_counter()
         done = subprocess.run(build(assets, scratch, steps, config.endswith("1thread")), cwd=scratch,
                               capture_output=True, text=True, env=env)
@@ -88,7 +96,8 @@ def run_one(config: str, assets: Path, out: Path, steps: int) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=CONFIGS)
+    parser.add_argument("--steps", type=int, default=512 // shape.BATCH, help="steps per run (default: one epoch)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the step figures")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / "default_settings")
@@ -96,7 +105,7 @@ def main(argv=None) -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     assets = shape.build_assets(out, 512)
-    steps = 512 // shape.BATCH
+    steps = args.steps
     for config in args.configs:  # untimed: file caches, datasets' caches
         run_one(config, assets, out, steps=args.warmup + 2)
     runs = {config: [] for config in args.configs}
@@ -107,12 +116,13 @@ def main(argv=None) -> None:
             timed = r["step_s"][args.warmup:]
             print(f"[{repeat + 1}/{args.repeats}] {config}: {shape.BATCH * len(timed) / sum(timed):.1f} pairs/s, "
                   f"command {r['wall_s']:.0f} s (load {r['load']:.2f})", flush=True)
-    (out / "results.json").write_text(json.dumps(runs, indent=1))
+            (out / "results.json").write_text(json.dumps(runs, indent=1))  # after every run: a cut-short run keeps them
     print(table(runs, args.warmup, steps))
 
 
 def table(runs: dict, warmup: int, steps: int) -> str:
     med = statistics.median
+    runs = {config: rs for config, rs in runs.items() if rs}
 
     def rates(r):
         timed, tokens = r["step_s"][warmup:], r["step_real_tokens"][warmup:]
@@ -122,14 +132,14 @@ def table(runs: dict, warmup: int, steps: int) -> str:
              "step": med(med(r["step_s"][warmup:]) for r in rs), "wall": med(r["wall_s"] for r in rs),
              "loads": [r["load"] for r in rs]} for c, rs in runs.items()}
     loads = [x for m in s.values() for x in m["loads"]]
-    base = {c: s.get(c.replace("project", "trl"), {}).get("tokens") for c in s}
+    base = {c: s.get("trl_1thread" if c.endswith("1thread") else "trl", {}).get("tokens") for c in s}
     lines = [f"Steps {warmup + 1}-{steps} of one epoch (8 pairs a step), max_length {shape.MAX_LENGTH}, fp32, cpu; "
-             f"medians of {len(next(iter(runs.values())))} interleaved repeats; load average (1 min) after each run "
-             f"{min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores", "",
-             "| configuration | pairs/s | real tokens/s | tokens/s vs TRL (same threads) | median step (s) | "
-             "whole command (s) |", "|---|---|---|---|---|---|"]
+             f"medians of {' / '.join(str(len(rs)) for rs in runs.values())} interleaved repeats; load average "
+             f"(1 min) after each run {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores", "",
+             "| configuration | pairs/s | real tokens/s | tokens/s vs TRL at its defaults (same threads) | "
+             "median step (s) | whole command (s) |", "|---|---|---|---|---|---|"]
     for c, m in s.items():
-        vs = f"{m['tokens'] / base[c]:.2f}x" if c.startswith("project") and base[c] else "-"
+        vs = f"{m['tokens'] / base[c]:.2f}x" if base[c] else "-"
         lines.append(f"| {c} | {m['pairs']:.1f} | {m['tokens']:.0f} | {vs} | {m['step']:.3f} | {m['wall']:.0f} |")
     return "\n".join(lines)
 

@@ -8,11 +8,20 @@ Composition lives in gpo/run.py; the config in conf/.
 """
 
 import os
-from pathlib import Path
 
-import hydra
+# Idle torch CPU threads sleep instead of spinning. OpenMP reads this once, when torch loads, hence before
+# the imports. On a CPU that other work shares, a spinning thread holds the core its partner needs, and
+# each of a step's thousands of parallel regions can wait a scheduler time slice: two threads ran the
+# benchmark's step 4-6x slower than one (docs/performance.md). OMP_WAIT_POLICY or GOMP_SPINCOUNT set in
+# the environment (GOMP_SPINCOUNT=300000: OpenMP's own default) are kept.
+if "GOMP_SPINCOUNT" not in os.environ:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from gpo.run import run_job
+from pathlib import Path  # noqa: E402 (after the environment torch reads when it loads)
+
+import hydra  # noqa: E402
+
+from gpo.run import run_job  # noqa: E402
 
 # Launchers that start fresh job processes (submitit local/SLURM) unpickle this
 # module's functions there; they inherit the environment, so this lets them import gpo.
