@@ -238,8 +238,9 @@ def main(argv=None) -> None:
             print(f"[{time.perf_counter() - started:.0f} s] {name}: running (timeout {left:.0f} s) ...", flush=True)
             command = [sys.executable, __file__, "--stage", name, "--device", args.device, "--out", str(args.out),
                        "--warmup", str(args.warmup), *(["--tiny"] if args.tiny else [])]
+            paths = [str(ROOT / "benchmarks"), str(ROOT / "src"), os.environ.get("PYTHONPATH")]  # keeps carried wheels
             env = {**os.environ, "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false",
-                   "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT / "src")])}
+                   "PYTHONPATH": os.pathsep.join(filter(None, paths))}
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=left, env=env)
                 if done.returncode == 0:

@@ -39,7 +39,7 @@ def test_a_spent_budget_still_writes_the_whole_table(tmp_path):
 
 @pytest.mark.slow
 def test_the_cpu_path_measures_the_project_and_a_two_job_sweep(tmp_path):
-    stdout, table, results = check(tmp_path)
+    stdout, table, results = check(tmp_path, "--budget-s", "1500", timeout=1800)  # ~2 min on 2 quiet cores
     assert results["assets"]["status"] == "done" and results["assets"]["parameters"] > 0
     project = results["project_sdpa"]
     assert project["status"] == "done" and project["tokens_s"] > 0 and project["peak_gib"] > 0
