@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The last part of the pre-registered sweep as it ran (kept as the record; docs/reproduction.md): seeds 6-10
 # of the temperature part into the directories of seeds 1-5 (finished runs are skipped). It was stopped after
-# temperature 2; temperature 4 has seeds 1-5.
+# temperature 2; preregistered_resume4.sh ran temperature 4's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=outputs/multirun/preregistered/main_sweep
