@@ -2,7 +2,8 @@
 # (The script that ran the last parts of the pre-registered sweep, kept as the record of what ran; see docs/reproduction.md.)
 # Resumes the pre-registered sweep (sweeps/preregistered.sh, after sweeps/preregistered_resume.sh had run
 # its first block): seeds 6-10 of exponential, truncated quadratic, SLiC and Savage in directories of their
-# own, then the temperature part with seeds 1-5 first and 6-10 after (it was stopped after seeds 1-5).
+# own, then the temperature part with seeds 1-5 first and 6-10 after. It was stopped after seeds 1-5 and run
+# again twice for the temperature part's seeds 6-10 (temperature 2, then 4); a re-run skips finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=outputs/multirun/preregistered/main_sweep
