@@ -10,8 +10,13 @@
 #   penalty1   cap 6, penalty 1 (a gentler fall past the cap)
 #   reference1 cap 6, penalty 2, a second reference: model.policy.seed=1 model.sft.seed=1
 #              (another initialisation and SFT batch order: another SFT model)
-# 360 runs; trajectory evaluations and the policy export off. Wall times: <dir>/wall_times.txt.
+# Two passes per variant and family: the coarse grid, then (sweeps/refine_betas.py) four betas at the
+# midpoints of the coarse grid's two intervals on each side of its peak, so the grid is 2^(1/4) apart near
+# the peak: the report's best-beta estimator needs 5 grid points within 30% of the peak's height, and the
+# sqrt(2) grid alone gave 4 on this hump (a first run of the coarse pass, 2026-11-30).
+# 360 + 144 runs; trajectory evaluations and the policy export off. Wall times: <dir>/wall_times.txt.
 #   bash sweeps/capped_variants.sh
+#   PASSES=fine DIR=<dir> bash sweeps/capped_variants.sh    # the fine pass alone, on a finished coarse pass
 #   VARIANTS="base cap5" SEEDS=1 GRID=small bash sweeps/capped_variants.sh trainer.max_steps=10   # smoke test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,13 +42,21 @@ declare -A settings=(
     [reference1]="model.policy.seed=1 model.sft.seed=1"
 )
 
+passes="${PASSES:-coarse fine}"
 for variant in $variants; do
     for loss in dpo ipo exponential; do
-        start=$SECONDS
-        # shellcheck disable=SC2086  # settings[...] is a list of overrides
-        python src/train.py -m "${common[@]}" "loss=$loss" "beta=${betas[$loss]}" ${settings[$variant]} \
-            hydra.sweep.dir="$dir/$variant/$loss" "$@"
-        echo "$variant/$loss: $(( SECONDS - start )) s" >> "$dir/wall_times.txt"
+        for pass in $passes; do
+            start=$SECONDS
+            if [ "$pass" = coarse ]; then
+                grid="${betas[$loss]}" out="$dir/$variant/$loss"
+            else
+                grid="$(python sweeps/refine_betas.py "$dir/$variant/$loss")" out="$dir/$variant/$loss-fine"
+            fi
+            # shellcheck disable=SC2086  # settings[...] is a list of overrides
+            python src/train.py -m "${common[@]}" "loss=$loss" "beta=$grid" ${settings[$variant]} \
+                hydra.sweep.dir="$out" "$@"
+            echo "$variant/$loss ($pass, beta=$grid): $(( SECONDS - start )) s" >> "$dir/wall_times.txt"
+        done
     done
 done
 echo "Sweep directory: $dir; per variant: python src/report.py $dir/<variant>"

@@ -244,3 +244,17 @@ def test_wandb_sweep_files_give_valid_hydra_overrides(name):
         assert cfg.logger._target_.endswith("WandbLogger")
         if "experiment" in point:
             assert cfg.experiment_name == point["experiment"] and cfg.seed == point["seed"]
+
+
+def test_refine_betas_puts_quarter_octave_points_around_the_seed_mean_peak(tmp_path):
+    """sweeps/refine_betas.py: the peak is the seed mean's (not one lucky seed's), failed runs do not count,
+    and the four new betas sit at the midpoints of the coarse grid's intervals next to it."""
+    runs = {(0.5, 1): 0.60, (0.5, 2): 0.62, (1.0, 1): 0.70, (1.0, 2): 0.66, (2.0, 1): 0.75, (2.0, 2): 0.50}
+    for i, ((beta, seed), win_rate) in enumerate(runs.items()):
+        RunSummary(loss="dpo", beta=beta, seed=seed, metrics={"eval/win_rate": win_rate}).write(tmp_path / f"{i}")
+    RunSummary(loss="dpo", beta=4.0, seed=1, status="failed", metrics={"eval/win_rate": 0.99}).write(tmp_path / "9")
+    command = [sys.executable, "sweeps/refine_betas.py", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "0.595,0.841,1.19,1.68"  # peak at beta 1 (mean 0.68 > 0.625 at beta 2)
+    empty = subprocess.run([*command[:2], str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
+    assert empty.returncode == 1 and empty.stderr.strip().startswith("error: no finished run with eval/win_rate")
