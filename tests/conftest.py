@@ -42,10 +42,17 @@ os.environ["OMP_NUM_THREADS"] = "1"
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory):
     """One cache for the whole session: the SFT reference is trained once.
-    The inner loop keeps it between sessions too:
+    pytest-xdist's workers (pyproject.toml runs the suite on one per core) share
+    it, as a sweep's jobs do: the cache's file locks let one build an entry while
+    the others wait for it. The inner loop keeps it between sessions too:
         GPO_TEST_CACHE_DIR=/tmp/gpo-test-cache python -m pytest -m "not slow"
     """
-    cache = os.environ.get("GPO_TEST_CACHE_DIR") or str(tmp_path_factory.mktemp("gpo-cache"))
+    if os.environ.get("GPO_TEST_CACHE_DIR"):
+        cache = os.environ["GPO_TEST_CACHE_DIR"]
+    elif "PYTEST_XDIST_WORKER" not in os.environ:  # not under xdist (-n0, -p no:xdist)
+        cache = str(tmp_path_factory.mktemp("gpo-cache"))
+    else:  # the session's base directory, above each worker's own
+        cache = str(tmp_path_factory.getbasetemp().parent / "gpo-cache")
     os.environ["GPO_CACHE_DIR"] = cache
     os.environ["WANDB_SILENT"] = "true"
     return cache
@@ -93,8 +100,17 @@ def no_scheduler() -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `slurm` skip, with the reason, unless a scheduler answers
+    """Modules with `slurm` tests run first, then those with `slow` tests, each
+    module's tests in their own order: xdist's workers take whole modules in
+    this order (pyproject.toml), so the long ones start early and the many
+    short ones fill in at the end, instead of one long module finishing alone.
+    Tests marked `slurm` skip, with the reason, unless a scheduler answers
     (start the one-node test cluster: bash .ci/slurm_cluster.sh start)."""
+    def modules_with(mark):
+        return {item.path for item in items if item.get_closest_marker(mark)}
+
+    slurm_modules, slow_modules = modules_with("slurm"), modules_with("slow")
+    items.sort(key=lambda item: (item.path not in slurm_modules, item.path not in slow_modules))  # stable sort
     slurm = [item for item in items if item.get_closest_marker("slurm")]
     if slurm and (reason := no_scheduler()):
         for item in slurm:

@@ -302,6 +302,10 @@ class FakeData:
         self.source = SimpleNamespace(description="test data")
         rows = rows or {}
         self.tokenized = {"train": _Table(["prompt_length", "chosen_input_ids", *columns, *rows], rows)}
+        self._repr = f"FakeData(unpaired={unpaired}, group_by_length={group_by_length}, rows={rows})"
+
+    def __repr__(self):  # in test ids: the same in every xdist worker (the default repr holds an address)
+        return self._repr
 
 
 class _Table:

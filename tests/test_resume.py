@@ -96,6 +96,22 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300):
         time.sleep(0.1)
 
 
+def wait_until_stopped(processes: list[psutil.Process], timeout: float):
+    """Until each process has exited or is a zombie: a dead child of the paused
+    run stays a zombie until the run reaps it (psutil.wait_procs would wait the
+    whole timeout for it)."""
+    def stopped(member: psutil.Process) -> bool:
+        try:
+            return member.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + timeout
+    while not all(stopped(member) for member in processes):
+        assert time.monotonic() < deadline, f"still running after SIGTERM and {timeout} s: {processes}"
+        time.sleep(0.1)
+
+
 def checkpoint_step(run_dir: Path) -> int:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
 
@@ -191,7 +207,7 @@ def test_sigterm_to_every_process_of_the_job_kills_wandb_yet_the_run_hands_over_
     assert any("wandb" in p.name() for p in job)  # W&B's service (in a session of its own), which SLURM finds too
     for member in job:
         member.send_signal(signal.SIGTERM)
-    psutil.wait_procs([p for p in job if p.pid != process.pid], timeout=60)  # the service has stopped
+    wait_until_stopped([p for p in job if p.pid != process.pid], timeout=60)  # the service has stopped
     release.touch()
     released = time.monotonic()
     _, stderr = process.communicate(timeout=120)
