@@ -11,25 +11,25 @@ Used by sweeps/capped_variants.sh between its coarse pass and its fine one.
 """
 
 import argparse
-import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gpo.infra.summary import FILENAME, RunSummary  # noqa: E402
+from gpo.report.load import finished, load_summaries  # noqa: E402
 
 
 def refined(sweep_dir: Path, metric: str = "eval/win_rate") -> list[float]:
-    by_beta = defaultdict(list)
-    for path in sorted(sweep_dir.glob(f"*/{FILENAME}")):
-        summary = RunSummary.read(path.parent)
-        if summary.finished and metric in summary.metrics:
-            by_beta[summary.beta].append(summary.metrics[metric])
-    if not by_beta:
+    """Read as the report reads a sweep: a damaged summary.json is one line naming it."""
+    try:
+        runs = finished(load_summaries(sweep_dir))
+    except FileNotFoundError:
+        runs = None
+    except LookupError as error:
+        raise SystemExit(f"error: {error}") from None
+    if runs is None or metric not in runs or runs[metric].isna().all():
         raise SystemExit(f"error: no finished run with {metric} under {sweep_dir}")
-    peak = max(by_beta, key=lambda beta: statistics.fmean(by_beta[beta]))
+    peak = runs.groupby("beta")[metric].mean().idxmax()
     return [float(f"{peak * 2 ** (k / 4):.3g}") for k in (-3, -1, 1, 3)]
 
 

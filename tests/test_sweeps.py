@@ -258,3 +258,7 @@ def test_refine_betas_puts_quarter_octave_points_around_the_seed_mean_peak(tmp_p
     assert done.stdout.strip() == "0.595,0.841,1.19,1.68"  # peak at beta 1 (mean 0.68 > 0.625 at beta 2)
     empty = subprocess.run([*command[:2], str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
     assert empty.returncode == 1 and empty.stderr.strip().startswith("error: no finished run with eval/win_rate")
+    (tmp_path / "0" / "summary.json").write_text('{"loss": "dpo", "beta"')  # truncated: named, no traceback
+    damaged = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert damaged.returncode == 1 and damaged.stderr.strip().startswith(f"error: {tmp_path / '0' / 'summary.json'}")
+    assert "Traceback" not in damaged.stderr
