@@ -77,8 +77,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# A requeued job waits cred_expire + 1 s before it may start again (default 120 s).
-AuthInfo=cred_expire=10
+# A requeued job waits cred_expire + 1 s before it may start again (default 120 s; slurm refuses under 5).
+AuthInfo=cred_expire=5
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

@@ -1,17 +1,15 @@
 import os
+import runpy
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-import gpo.infra.config  # noqa: F401  (registers the config resolvers)
-from gpo.infra.tracking import finish as finish_wandb
+# No torch, Hydra or gpo import at this module's top: under pytest-xdist the controller
+# process loads this file too, only to hand tests out, and those imports would cost it
+# 6 s of CPU before any worker starts. The workers import them with the tests.
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -31,12 +29,18 @@ FAST = [
 SMALL_TASK = ["data.source.num_pairs=400"]
 
 
-# One torch thread in this process and (through OMP_NUM_THREADS) in every CLI
-# subprocess: the models are tiny, so a second thread buys nothing on a quiet
-# machine and, on a shared one, threads waiting on each other make steps 10-20x
-# slower (docs/sweeps.md). It also makes in-process and subprocess arithmetic the same.
-torch.set_num_threads(1)
-os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"  # every CLI subprocess: one torch thread (one_torch_thread)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread in the process running the tests and (OMP_NUM_THREADS, above)
+    in every CLI subprocess: the models are tiny, so a second thread buys nothing on a
+    quiet machine and, on a shared one, threads waiting on each other make steps 10-20x
+    slower (docs/sweeps.md). It also makes in-process and subprocess arithmetic the same."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,6 +66,13 @@ def compose_train(overrides=(), output_dir=None, config_name="train"):
     """Compose conf/train.yaml (or conf/<config_name>.yaml) the way `python
     src/train.py` would, with the Hydra runtime config set so `${hydra:...}`
     interpolations resolve."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import gpo.infra.config  # noqa: F401  (registers the config resolvers)
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
@@ -74,12 +85,67 @@ def compose_train(overrides=(), output_dir=None, config_name="train"):
     return cfg
 
 
+def run_script(script, args, monkeypatch) -> int:
+    """`python <script> <args>`, run in this process, its exit status returned: the entry
+    point's own __main__ block, Hydra's command-line handling included, without a fresh
+    interpreter importing torch and friends again (7 s a command). A SystemExit's message
+    goes to stderr, as the interpreter would print it; capture the output with capfd.
+    What a process would take with it when it ends stays here, so it is put back: the
+    logging setup (Hydra's job logging points the root logger at this test's captured
+    streams, which close with the test), warning filters and torch's thread count.
+    For what only a process of its own shows (signals, exit codes set by the interpreter,
+    a console, a clean import state) tests still start one."""
+    import logging
+    import warnings
+
+    import torch
+
+    threads = torch.get_num_threads()
+    loggers = {None: logging.getLogger(), **logging.Logger.manager.loggerDict}
+    saved = {name: (list(lg.handlers), lg.level, lg.propagate, lg.disabled)
+             for name, lg in loggers.items() if isinstance(lg, logging.Logger)}
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
+    try:
+        with warnings.catch_warnings():
+            runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        print(stop.code, file=sys.stderr)
+        return 1
+    finally:
+        torch.set_num_threads(threads)
+        for name, lg in {None: logging.getLogger(), **logging.Logger.manager.loggerDict}.items():
+            if not isinstance(lg, logging.Logger):
+                continue
+            handlers, lg.level, lg.propagate, lg.disabled = saved.get(name, ([], logging.NOTSET, True, False))
+            for handler in set(lg.handlers) - set(handlers):  # the run's train.log, its console
+                handler.close()
+            lg.handlers[:] = handlers
+    return 0
+
+
+@pytest.fixture
+def run_in_process(monkeypatch, capfd):
+    """run_in_process("src/train.py", *args): run_script, from the repository root, with
+    the command's console output captured, as a subprocess.CompletedProcess would give it."""
+    def run(script, *args):
+        capfd.readouterr()  # what came before is not this command's
+        status = run_script(ROOT / script, list(args), monkeypatch)
+        output = capfd.readouterr()
+        return subprocess.CompletedProcess([script, *args], status, output.out, output.err)
+
+    return run
+
+
 @pytest.fixture(autouse=True)
 def close_wandb_run():
     """A test whose in-process train() raised leaves its W&B run open (main()
     closes it in real use); close it, and its W&B service, so the next test's
     logger (or CLI subprocess) starts its own."""
     yield
+    from gpo.infra.tracking import finish as finish_wandb
+
     finish_wandb(exit_code=1)
 
 

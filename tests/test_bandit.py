@@ -1,9 +1,6 @@
 """The exact bandit solver against closed forms (derivations in docs/bandit.md)."""
 
 import csv
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +9,6 @@ import torch.nn.functional as F
 from gpo.bandit.solver import gpo_loss, implied_reward, kl, kl_optimum_logits, make_bandit, solve, trajectory
 from gpo.losses import Exponential, Hinge, Logistic, Savage, Squared, TruncatedQuadratic
 
-REPO = Path(__file__).resolve().parents[1]
 FAMILIES = [Logistic(), Squared(), Hinge(), Exponential(), TruncatedQuadratic(), Savage()]
 SMOOTH = [f for f in FAMILIES if not isinstance(f, Hinge)]
 BETAS = [0.05, 0.3, 1.0, 4.0]
@@ -174,11 +170,10 @@ def test_gradient_descent_reaches_the_same_minimiser(bandit):
 
 
 @pytest.mark.slow
-def test_script_writes_figures_and_results(tmp_path):
+def test_script_writes_figures_and_results(tmp_path, run_in_process):
     overrides = [f"hydra.run.dir={tmp_path}", "betas.num=7", "trajectory.steps=200",
                  "trajectory.summary_steps=[10,200]", "solver.adam_steps=300"]
-    done = subprocess.run([sys.executable, "src/bandit.py", *overrides], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = run_in_process("src/bandit.py", *overrides)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pi* (KL-regularised)" in done.stdout
 

@@ -207,7 +207,7 @@ def test_the_progress_bar_shows_no_logger_version():
 
 
 @pytest.mark.slow
-def test_a_cli_run_prints_each_line_once_and_ends_with_its_outcome(tmp_path):
+def test_a_cli_run_prints_each_line_once_and_ends_with_its_outcome(tmp_path, run_in_process):
     """The default run's console, shortened, on a machine with SLURM's srun on PATH (a fake one):
     no SLURM hint (one process), no W&B warning, no v_num, no line twice; a bad input: one line."""
     bin_dir = tmp_path / "bin"
@@ -226,9 +226,9 @@ def test_a_cli_run_prints_each_line_once_and_ends_with_its_outcome(tmp_path):
     assert len(lines) == len(set(lines)), output
     assert lines[-1].startswith("Done: dpo (beta 0.1) trained in ")
 
-    bad = subprocess.run([sys.executable, "src/train.py", f"hydra.run.dir={tmp_path / 'bad'}", "data=jsonl",
-                          f"data.source.train_files={tmp_path / 'missing.jsonl'}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # A bad input fails before anything a fresh console would show: in this process (conftest.run_script).
+    bad = run_in_process("src/train.py", f"hydra.run.dir={tmp_path / 'bad'}", "data=jsonl",
+                         f"data.source.train_files={tmp_path / 'missing.jsonl'}")
     assert bad.returncode == 1
     assert (bad.stdout + bad.stderr).count("data file not found") == 1, bad.stdout + bad.stderr
     assert bad.stderr.strip() == f"error: {tmp_path / 'missing.jsonl'}: data file not found"

@@ -8,11 +8,9 @@ import json
 import math
 import os
 import re
-import runpy
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig
 
 import gpo.losses.table as table
-from conftest import ROOT, compose_train
+from conftest import ROOT, compose_train, run_script
 from gpo.infra.config import group_options
 from gpo.losses import GPOLoss, PreferenceLoss
 
@@ -183,9 +181,8 @@ def test_the_run_directories_the_readme_names_are_ignored_by_git():
 
 
 @pytest.mark.slow  # a subprocess or a long training: the full suite runs it, the inner loop does not
-def test_help_lists_the_main_keys_with_their_defaults_and_sections_that_exist(monkeypatch):
-    done = subprocess.run([sys.executable, "src/train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+def test_help_lists_the_main_keys_with_their_defaults_and_sections_that_exist(monkeypatch, run_in_process):
+    done = run_in_process("src/train.py", "--help")
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert "loss: alphapo, apo_down, apo_zero" in text  # the config groups, from conf/
@@ -275,18 +272,6 @@ def is_training_run(args: list[str]) -> bool:
     return args[1:2] == ["src/train.py"] and not {"--help", "--cfg"} & set(args)
 
 
-def exit_status(script: Path, args: list[str], monkeypatch) -> int:
-    """`python <script> <args>`, run in this process (the entry point's own
-    __main__ block, Hydra's command-line handling included; no fresh
-    interpreter to import torch and friends again per command)."""
-    monkeypatch.setattr(sys, "argv", [str(script), *args])
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as stop:
-        return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
-    return 0
-
-
 @pytest.mark.slow
 def test_every_everyday_command_runs(tmp_path, monkeypatch):
     """Each command of the README's "Everyday commands", shortened, in a copy of
@@ -311,7 +296,7 @@ def test_every_everyday_command_runs(tmp_path, monkeypatch):
             skipped.append(shlex.join(args))
             continue
         if command[0] == "python":
-            status = exit_status(repo / command[1], command[2:], monkeypatch)
+            status = run_script(repo / command[1], command[2:], monkeypatch)
             assert status == 0, shlex.join(command)
         else:  # the smoke-test grid its comment gives, one job at a time
             env = {**os.environ, "PYTHONPATH": str(repo / "src"), "LOSSES": "dpo", "BETAS": "1", "SEEDS": "1",

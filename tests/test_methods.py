@@ -5,10 +5,7 @@ and hyperparameter; the README's 8-job sweep over loss x rho x weighting runs
 through the CLI and its report keeps the 8 methods apart."""
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -16,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from test_axes import AXIS_OPTIONS
 
-from conftest import FAST, ROOT, SMALL_TASK, compose_train
+from conftest import FAST, SMALL_TASK, compose_train
 from gpo.infra.cache import DiskCache
 from gpo.infra.errors import InputError
 from gpo.infra.summary import RunSummary
@@ -139,14 +136,14 @@ def test_per_token_reference_log_probs_are_cached_once_for_every_token_axis(tmp_
 
 
 @pytest.mark.slow
-def test_the_readme_sweep_over_loss_rho_and_weighting_runs_eight_methods_the_report_keeps_apart(tmp_path):
-    command = [sys.executable, "src/train.py", "-m", "loss=dpo,ipo", "rho=sum,mean", "weighting=none,wpo",
-               "trainer.max_steps=20", "num_threads=1", "logger=csv", "trainer.val_check_interval=20",
-               "+trainer.limit_val_batches=2", "callbacks.sample_evaluation.num_prompts=16",
-               "callbacks.sample_evaluation.max_new_tokens=9", "~callbacks.progress_bar", *SMALL_TASK,
-               f"hydra.sweep.dir={tmp_path}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ})
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_the_readme_sweep_over_loss_rho_and_weighting_runs_eight_methods_the_report_keeps_apart(
+        tmp_path, run_in_process):
+    args = ["-m", "loss=dpo,ipo", "rho=sum,mean", "weighting=none,wpo", "trainer.max_steps=4", "num_threads=1",
+            "logger=csv", "trainer.val_check_interval=4", "+trainer.limit_val_batches=2",
+            "callbacks.sample_evaluation.num_prompts=16", "callbacks.sample_evaluation.max_new_tokens=9",
+            "~callbacks.progress_bar", *SMALL_TASK, f"hydra.sweep.dir={tmp_path}"]
+    done = run_in_process("src/train.py", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
     summaries = [RunSummary.read(path) for path in tmp_path.glob("*/summary.json")]
     assert sorted((s.loss, s.method) for s in summaries) == sorted(
         (loss, method) for loss in ("dpo", "ipo")

@@ -15,10 +15,7 @@ tests/test_report_coverage.py; here, what the report does with them.
 import importlib.util
 import itertools
 import math
-import os
 import re
-import subprocess
-import sys
 import zlib
 from math import comb
 from pathlib import Path
@@ -419,10 +416,8 @@ def test_a_run_copied_under_the_sweep_is_an_error_not_a_seed(tmp_path, caplog):
     assert "No sweep report: 2 finished runs repeat" in caplog.text and not (directory / "report.md").exists()
 
 
-def test_cli_empty_directory_fails_cleanly(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    done = subprocess.run([sys.executable, str(ROOT / "src" / "report.py"), str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=120)
+def test_cli_empty_directory_fails_cleanly(tmp_path, run_in_process):
+    done = run_in_process("src/report.py", str(tmp_path))  # an exception would raise here
     assert done.returncode == 1
     assert "no summary.json" in done.stderr and "Traceback" not in done.stderr
 

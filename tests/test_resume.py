@@ -4,6 +4,7 @@ a sweep and an Optuna study run again into their directory continue; a
 checkpoint write killed midway leaves the previous checkpoint."""
 
 import io
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -290,39 +291,39 @@ def test_resume_false_starts_over_and_a_named_run_without_checkpoint_is_an_error
     assert compose_train([f"resume={tmp_path}"]) and HydraConfig.get().run.dir == str(tmp_path)
 
 
-KILLER = """
-import io, os, signal, sys, torch
-from lightning_fabric.plugins.io import torch_io
-from gpo.training import AtomicCheckpointIO
-AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1), "weights": torch.zeros(1000)}, sys.argv[1])
-
-def killed_midway(checkpoint, path):  # Lightning's writer, killed after half the bytes
+def write_half(checkpoint, path):
+    """Lightning's checkpoint writer, stopped after half the bytes."""
     data = io.BytesIO()
     torch.save(checkpoint, data)
     with open(path, "wb") as f:
         f.write(data.getvalue()[: len(data.getvalue()) // 2])
         f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-torch_io._atomic_save = killed_midway
-AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(2), "weights": torch.ones(1000)}, sys.argv[1])
-"""
 
 
 def half_written(checkpoint, path):
-    """Lightning's checkpoint writer, failing after half the bytes (as a kill or a full disk would)."""
-    data = io.BytesIO()
-    torch.save(checkpoint, data)
-    with open(path, "wb") as f:
-        f.write(data.getvalue()[: len(data.getvalue()) // 2])
+    """Lightning's checkpoint writer, failing after half the bytes (as a full disk would)."""
+    write_half(checkpoint, path)
     raise OSError("No space left on device")
+
+
+def killed_in_a_checkpoint_write(path):
+    """In a forked child: the step-2 checkpoint written over the step-1 one, the process SIGKILLed halfway
+    through the bytes. A fork, not `python -c`: the same death without an interpreter importing torch (4 s)."""
+    def killed_midway(checkpoint, path):
+        write_half(checkpoint, path)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch_io._atomic_save = killed_midway
+    AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(2), "weights": torch.ones(1000)}, path)
 
 
 def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
-    done = subprocess.run([sys.executable, "-c", KILLER, str(path)], env=env(), capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]  # really killed inside the write
+    AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1), "weights": torch.zeros(1000)}, path)
+    child = multiprocessing.get_context("fork").Process(target=killed_in_a_checkpoint_write, args=(path,))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -signal.SIGKILL  # really killed inside the write
     assert int(AtomicCheckpointIO().load_checkpoint(path)["step"]) == 1  # the previous checkpoint, whole
 
     # The same failure under Lightning's own writer, which truncates the previous checkpoint first: none left.
@@ -343,23 +344,24 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_checkpoint(tmp_pat
         "atomic.ckpt", "last.ckpt", "lightning.ckpt"]
 
 
-def multirun(sweep_dir, *overrides, wait=True):
-    command = ["-m", "logger=csv", "num_threads=1", *FAST, *SMALL_TASK, *overrides, f"hydra.sweep.dir={sweep_dir}"]
-    process = start(*command)
-    if not wait:
-        return process
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    return stdout + stderr
+def sweep_args(sweep_dir, *overrides):
+    return ["-m", "logger=csv", "num_threads=1", *FAST, *SMALL_TASK, *overrides, f"hydra.sweep.dir={sweep_dir}"]
+
+
+def sweep_again(run_in_process, sweep_dir, *overrides) -> str:
+    """The same sweep command, run again in this process (the first one, killed, had its own); its output."""
+    done = run_in_process("src/train.py", *sweep_args(sweep_dir, *overrides))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
 
 
 @pytest.mark.slow
-def test_a_sweep_run_again_skips_finished_jobs_resumes_interrupted_ones_and_runs_the_rest(tmp_path):
+def test_a_sweep_run_again_skips_finished_jobs_resumes_interrupted_ones_and_runs_the_rest(tmp_path, run_in_process):
     sweep, marker, release = tmp_path / "sweep", tmp_path / "paused", tmp_path / "release"
     grid = ["loss=dpo,ipo,slic", "~callbacks.sample_evaluation", "+callbacks.pause._target_=test_resume.PauseAt",
             "+callbacks.pause.step=3", "+callbacks.pause.job_num=1", f"+callbacks.pause.marker={marker}",
             f"+callbacks.pause.release={release}"]
-    process = multirun(sweep, *grid, wait=False)
+    process = start(*sweep_args(sweep, *grid))
     wait_for(marker, process)
     process.kill()  # the whole sweep dies in job 1, after its step-2 checkpoint
     process.wait(timeout=60)
@@ -367,7 +369,7 @@ def test_a_sweep_run_again_skips_finished_jobs_resumes_interrupted_ones_and_runs
     assert checkpoint_step(sweep / "001_ipo-beta0.1") == 2 and not (sweep / "002_slic-beta0.1").exists()
 
     release.touch()
-    output = multirun(sweep, *grid)  # the same sweep, into the same directory
+    output = sweep_again(run_in_process, sweep, *grid)  # the same sweep, into the same directory
     assert "finished already (summary.json); skipped" in output
     assert RunSummary.read(sweep / "000_dpo-beta0.1") == first  # not run again
     resumed, fresh = RunSummary.read(sweep / "001_ipo-beta0.1"), RunSummary.read(sweep / "002_slic-beta0.1")
@@ -378,7 +380,7 @@ def test_a_sweep_run_again_skips_finished_jobs_resumes_interrupted_ones_and_runs
 
 
 @pytest.mark.slow
-def test_the_optuna_preset_stopped_after_two_trials_resumes_to_the_full_count(tmp_path):
+def test_the_optuna_preset_stopped_after_two_trials_resumes_to_the_full_count(tmp_path, run_in_process):
     """hparams_search=optuna: trials sample the preset's space, the study lives in
     <sweep dir>/optuna.db; killed in its third trial, the same command fails that
     trial and runs it again (job numbers go on), up to n_trials; the best value is
@@ -388,7 +390,7 @@ def test_the_optuna_preset_stopped_after_two_trials_resumes_to_the_full_count(tm
              # The same command both times (a resumed study checks it): only job 2 of the first run pauses.
              "+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.step=1",
              "+callbacks.pause.job_num=2", f"+callbacks.pause.marker={marker}"]
-    process = multirun(sweep, *study, wait=False)
+    process = start(*sweep_args(sweep, *study))
     wait_for(marker, process)
     process.kill()  # two trials done, the third running
     process.wait(timeout=60)
@@ -396,7 +398,7 @@ def test_the_optuna_preset_stopped_after_two_trials_resumes_to_the_full_count(tm
     states = [t.state.name for t in optuna.load_study(study_name="gpo", storage=storage).trials]
     assert states == ["COMPLETE", "COMPLETE", "RUNNING"]
 
-    multirun(sweep, *study)  # the same command: only the missing trial runs
+    sweep_again(run_in_process, sweep, *study)  # the same command: only the missing trial runs
     trials = optuna.load_study(study_name="gpo", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert trials[3].params == trials[2].params and trials[3].user_attrs["retry_of"] == 2  # run again

@@ -6,14 +6,12 @@ more steps extend a finished run."""
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from catalogue import in_readme
-from conftest import FAST, ROOT, SMALL_TASK, compose_train
+from conftest import FAST, SMALL_TASK, compose_train
 from gpo.infra.errors import RunRefused
 from gpo.infra.summary import RunSummary
 from gpo.run import run_job, train
@@ -106,31 +104,28 @@ def test_the_identity_leaves_out_only_the_listed_keys_and_masks_secrets():
     assert run_identity(compose_train([*RUN, "data.batch_size=16"]))["fingerprint"] != base
 
 
-def sweep(sweep_dir, *overrides):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT / 'src'}", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "src/train.py", "-m", "loss=dpo,ipo", "num_threads=1", *RUN, *overrides,
-                           f"hydra.sweep.dir={sweep_dir}", "~hydra.callbacks.sweep_report"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
-def test_a_sweep_rerun_with_another_key_refuses_each_job_and_lists_them(tmp_path):
+def test_a_sweep_rerun_with_another_key_refuses_each_job_and_lists_them(tmp_path, run_in_process):
     """Job directories are named by loss and beta: a sweep re-run whose other keys changed lands in the same ones."""
-    first = sweep(tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
+    def sweep(*overrides) -> tuple[int, str]:  # the sweep command, in this process: exit status, console output
+        done = run_in_process("src/train.py", "-m", "loss=dpo,ipo", "num_threads=1", *RUN, *overrides,
+                              f"hydra.sweep.dir={tmp_path}", "~hydra.callbacks.sweep_report")
+        return done.returncode, done.stdout + done.stderr
+
+    status, output = sweep()
+    assert status == 0, output[-3000:]
     records = {p.parent.name: p.read_text() for p in tmp_path.glob("*/summary.json")}
-    again = sweep(tmp_path, "optimizer.lr=3e-4")
-    output = again.stdout + again.stderr
-    assert again.returncode == 0, output[-3000:]
+    status, output = sweep("optimizer.lr=3e-4")
+    assert status == 0, output[-3000:]
     for job in ("000_dpo-beta0.1", "001_ipo-beta0.1"):
         assert (f"Job refused: {tmp_path / job} holds another experiment (its summary.json: optimizer.lr: 0.0001 -> "
                 "0.0003)") in output
     assert "2 of 2 jobs did not finish" in output
     assert {p.parent.name: p.read_text() for p in tmp_path.glob("*/summary.json")} == records  # untouched
 
-    started_over = sweep(tmp_path, "optimizer.lr=3e-4", "resume=false")
-    assert started_over.returncode == 0, started_over.stderr[-3000:]
-    assert "All 2 jobs" in started_over.stdout + started_over.stderr
+    status, output = sweep("optimizer.lr=3e-4", "resume=false")
+    assert status == 0, output[-3000:]
+    assert "All 2 jobs" in output
     for job in ("000_dpo-beta0.1", "001_ipo-beta0.1"):
         assert (tmp_path / job / "previous" / "1" / "summary.json").read_text() == records[job]
         assert RunSummary.read(tmp_path / job).identity["config"]["optimizer.lr"] == 3e-4

@@ -4,6 +4,8 @@ session's cache (SFT model, reference log-probs) through GPO_CACHE_DIR."""
 
 import json
 import os
+import re
+import runpy
 import subprocess
 import sys
 
@@ -22,18 +24,24 @@ from gpo.infra.summary import RunSummary
 from gpo.report import DPI, FIGSIZE
 from gpo.sweeps.outcomes import job_outcomes
 
+refined_betas = runpy.run_path(str(ROOT / "sweeps" / "refine_betas.py"))["refined"]  # sweeps/ is not a package
+
 PNG_SHAPE = (FIGSIZE[1] * DPI, FIGSIZE[0] * DPI)  # rows, columns
 
 
 
-def multirun(sweep_dir, *overrides, timeout=600):
-    # One torch thread per job: parallel jobs on a shared CPU are many times faster so.
-    command = [sys.executable, "src/train.py", "-m", *overrides, "logger=csv", "num_threads=1", *FAST,
-               f"hydra.sweep.dir={sweep_dir}"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "WANDB_SILENT": "true"})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
+@pytest.fixture
+def multirun(run_in_process):
+    """multirun(sweep_dir, *overrides): the sweep command, in this process (its launcher's workers and jobs
+    are processes of their own as always); its console output."""
+    def run(sweep_dir, *overrides):
+        # One torch thread per job: parallel jobs on a shared CPU are many times faster so.
+        done = run_in_process("src/train.py", "-m", *overrides, "logger=csv", "num_threads=1", *FAST,
+                              f"hydra.sweep.dir={sweep_dir}")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    return run
 
 
 def summaries(sweep_dir):
@@ -41,7 +49,7 @@ def summaries(sweep_dir):
 
 
 @pytest.mark.slow
-def test_parallel_jobs_on_pinned_devices_with_one_failing_then_report(tmp_path):
+def test_parallel_jobs_on_pinned_devices_with_one_failing_then_report(tmp_path, multirun):
     """joblib, 2 worker processes, each pinned to its own (fake) GPU; the
     beta=-1 points fail, the others finish; failures are listed at the end;
     report.py makes the table and plots."""
@@ -84,7 +92,7 @@ def test_parallel_jobs_on_pinned_devices_with_one_failing_then_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_submitit_local_runs_a_two_point_sweep_and_writes_the_report(tmp_path):
+def test_submitit_local_runs_a_two_point_sweep_and_writes_the_report(tmp_path, multirun):
     sweep = tmp_path / "sweep"
     multirun(sweep, "loss=dpo,ipo", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
 
@@ -98,7 +106,7 @@ def test_submitit_local_runs_a_two_point_sweep_and_writes_the_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_optuna_sweeper_prunes_trials_through_the_launcher(tmp_path):
+def test_the_optuna_sweeper_prunes_trials_through_the_launcher(tmp_path, multirun):
     """Jobs report their evaluations to their trials; a pruner that stops any
     trial below a win rate of 1.01 stops both at their first report (step 2 of
     4); the sweeper tells them PRUNED with that value. (Killed and resumed:
@@ -212,14 +220,13 @@ def test_the_slurm_preset_asks_for_what_the_trainer_trains_on():
     assert slurm_request("trainer=gpu", "hydra.launcher.cpus_per_task=16")["cpus_per_task"] == 16  # still overridable
 
 
-@pytest.mark.slow  # a subprocess or a long training: the full suite runs it, the inner loop does not
 @pytest.mark.parametrize("overrides, message", [
     (["trainer=ddp"], "trainer.devices must be a number on gpu, got 'auto': set trainer.devices=<devices per node>"),
     (["trainer.accelerator=auto"], "sizes each job from trainer.accelerator, which must be cpu or gpu there"),
 ])
-def test_a_slurm_request_the_trainer_cannot_size_is_one_line_before_submitting(tmp_path, overrides, message):
-    done = subprocess.run([sys.executable, "src/train.py", "-m", *overrides, "hydra/launcher=slurm",
-                           f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_a_slurm_request_the_trainer_cannot_size_is_one_line_before_submitting(tmp_path, overrides, message,
+                                                                              run_in_process):
+    done = run_in_process("src/train.py", "-m", *overrides, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}")
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
     assert lines[0].startswith("error: hydra/launcher=slurm ") and message in lines[0]
@@ -253,12 +260,12 @@ def test_refine_betas_puts_quarter_octave_points_around_the_seed_mean_peak(tmp_p
     for i, ((beta, seed), win_rate) in enumerate(runs.items()):
         RunSummary(loss="dpo", beta=beta, seed=seed, metrics={"eval/win_rate": win_rate}).write(tmp_path / f"{i}")
     RunSummary(loss="dpo", beta=4.0, seed=1, status="failed", metrics={"eval/win_rate": 0.99}).write(tmp_path / "9")
-    command = [sys.executable, "sweeps/refine_betas.py", str(tmp_path)]
+    command = [sys.executable, "sweeps/refine_betas.py", str(tmp_path)]  # as sweeps/capped_variants.sh calls it
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "0.595,0.841,1.19,1.68"  # peak at beta 1 (mean 0.68 > 0.625 at beta 2)
-    empty = subprocess.run([*command[:2], str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
-    assert empty.returncode == 1 and empty.stderr.strip().startswith("error: no finished run with eval/win_rate")
+    # The failures in this process (a SystemExit with a message: Python prints it, one line, and exits 1).
+    with pytest.raises(SystemExit, match="^error: no finished run with eval/win_rate"):
+        refined_betas(tmp_path / "none")
     (tmp_path / "0" / "summary.json").write_text('{"loss": "dpo", "beta"')  # truncated: named, no traceback
-    damaged = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert damaged.returncode == 1 and damaged.stderr.strip().startswith(f"error: {tmp_path / '0' / 'summary.json'}")
-    assert "Traceback" not in damaged.stderr
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(str(tmp_path / '0' / 'summary.json'))}"):
+        refined_betas(tmp_path)
