@@ -101,9 +101,9 @@ def run_script(script, args, monkeypatch) -> int:
     import torch
 
     threads = torch.get_num_threads()
-    loggers = {None: logging.getLogger(), **logging.Logger.manager.loggerDict}
-    saved = {name: (list(lg.handlers), lg.level, lg.propagate, lg.disabled)
-             for name, lg in loggers.items() if isinstance(lg, logging.Logger)}
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    saved = {lg: (list(lg.handlers), lg.level, lg.propagate, lg.disabled)
+             for lg in loggers if isinstance(lg, logging.Logger)}
     monkeypatch.setattr(sys, "argv", [str(script), *args])
     try:
         with warnings.catch_warnings():
@@ -115,13 +115,12 @@ def run_script(script, args, monkeypatch) -> int:
         return 1
     finally:
         torch.set_num_threads(threads)
-        for name, lg in {None: logging.getLogger(), **logging.Logger.manager.loggerDict}.items():
-            if not isinstance(lg, logging.Logger):
-                continue
-            handlers, lg.level, lg.propagate, lg.disabled = saved.get(name, ([], logging.NOTSET, True, False))
+        # Hydra's job logging configures the root logger; loggers the run created keep their setup.
+        for lg, (handlers, level, propagate, disabled) in saved.items():
             for handler in set(lg.handlers) - set(handlers):  # the run's train.log, its console
                 handler.close()
             lg.handlers[:] = handlers
+            lg.level, lg.propagate, lg.disabled = level, propagate, disabled
     return 0
 
 

@@ -180,7 +180,6 @@ def test_the_run_directories_the_readme_names_are_ignored_by_git():
 # ------------------------------------------------------------------ --help
 
 
-@pytest.mark.slow  # a subprocess or a long training: the full suite runs it, the inner loop does not
 def test_help_lists_the_main_keys_with_their_defaults_and_sections_that_exist(monkeypatch, run_in_process):
     done = run_in_process("src/train.py", "--help")
     assert done.returncode == 0, done.stderr
